@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP server: app factory, wire types, routes, streaming, metrics."""
