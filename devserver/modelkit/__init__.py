@@ -1,0 +1,1 @@
+"""The ModelKit format: Kitfile, media types, pack, safe unpack, layer matching, materialize."""

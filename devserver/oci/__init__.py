@@ -1,0 +1,1 @@
+"""OCI plumbing: references, the local content store, the registry client, pull and push."""
