@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from devserver.errors import ModelKitError
+from devserver.oci.descriptor import ANNOTATION_REF_NAME, OCI_IMAGE_INDEX, OCI_IMAGE_MANIFEST
 
 __all__ = [
     "ANNOTATION_CLI_VERSION",
@@ -36,9 +37,6 @@ __all__ = [
     "parse_layer_media_type",
 ]
 
-OCI_IMAGE_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_IMAGE_INDEX = "application/vnd.oci.image.index.v1+json"
-
 MEDIA_TYPE_KIT_CONFIG = "application/vnd.kitops.modelkit.config.v1+json"
 ARTIFACT_TYPE_KIT_MANIFEST = "application/vnd.kitops.modelkit.manifest.v1+json"
 
@@ -53,7 +51,6 @@ ANNOTATION_CLI_VERSION = "ml.kitops.modelkit.cli-version"
 ANNOTATION_KITFILE = "ml.kitops.modelkit.kitfile"
 ANNOTATION_LAYER_SUBTYPE = "ml.kitops.modelkit.layer-subtype"
 ANNOTATION_CREATED = "org.opencontainers.image.created"
-ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
 ANNOTATION_FILEPATH = "org.cncf.model.filepath"
 ANNOTATION_FILE_METADATA = "org.cncf.model.file.metadata+json"
 

@@ -1,0 +1,258 @@
+"""The local content-addressed store: an OCI image layout plus ``ingest/`` and ``unpacked/``.
+
+Layout (readable by any OCI tool)::
+
+    root/oci-layout                 {"imageLayoutVersion": "1.0.0"}
+    root/index.json                 manifests, each tagged with the full reference it was stored as
+    root/blobs/sha256/<hex>         committed content, read-only (0444)
+    root/ingest/<hex>_<random>      writes in progress; never read as content
+    root/unpacked/<hex>/            materialized ModelKits (see devserver.modelkit.materialize)
+
+Content becomes visible only by an ``os.replace`` after its size and sha256 have been checked while
+it was written (containerd's writer, oras-go's ``ingest``), so a crash or a bad download leaves at
+most a stray file in ``ingest/``. ``index.json`` changes under a file lock and via temp + replace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from filelock import FileLock
+
+from devserver.errors import CacheError, DigestMismatch
+from devserver.oci.descriptor import ANNOTATION_REF_NAME, OCI_IMAGE_MANIFEST, Descriptor, digest_hex
+from devserver.oci.reference import Reference
+
+__all__ = ["BlobWriter", "LocalStore"]
+
+_CHUNK = 1 << 20
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Small metadata files: temp in the same directory, fsync, replace."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+class BlobWriter:
+    """One blob being written to ``ingest/``: hashed as written, published by ``commit``.
+
+    Used as a context manager it commits on a clean exit and aborts (deleting the partial file) on
+    an exception. ``expected_digest``/``expected_size`` may be unknown (pack writes a tar whose
+    digest is only known at the end); when known, ``write`` refuses to go past the size.
+    """
+
+    def __init__(self, store: LocalStore, expected_digest: str | None, expected_size: int | None) -> None:
+        if expected_digest is not None:
+            digest_hex(expected_digest)
+        self._store = store
+        self.expected_digest = expected_digest
+        self.expected_size = expected_size
+        self._hash = hashlib.sha256()
+        self.size = 0
+        name = (digest_hex(expected_digest) if expected_digest else "new") + "_" + secrets.token_hex(8)
+        self.path = store.root / "ingest" / name
+        self._file = self.path.open("xb")
+        self._done = False
+
+    def write(self, data: bytes) -> None:
+        if self.expected_size is not None and self.size + len(data) > self.expected_size:
+            raise DigestMismatch(f"{self.expected_digest}: more data than the expected {self.expected_size} bytes")
+        self._file.write(data)
+        self._hash.update(data)
+        self.size += len(data)
+
+    @property
+    def digest(self) -> str:
+        """The digest of what has been written so far."""
+        return "sha256:" + self._hash.hexdigest()
+
+    def commit(self) -> str:
+        """Verify and publish the blob; return its digest. A mismatch deletes it and raises DigestMismatch."""
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            digest = self.digest
+            if self.expected_size is not None and self.size != self.expected_size:
+                raise DigestMismatch(f"{self.expected_digest}: expected {self.expected_size} bytes, got {self.size}")
+            if self.expected_digest is not None and digest != self.expected_digest:
+                raise DigestMismatch(
+                    f"downloaded content does not match its digest: expected {self.expected_digest}, got {digest}"
+                )
+            target = self._store.blob_path(digest)
+            if target.exists():  # already there: the same bytes, so this is success
+                self.path.unlink()
+            else:
+                os.chmod(self.path, 0o444)
+                os.replace(self.path, target)
+                _fsync_dir(target.parent)
+            self._done = True
+            return digest
+        finally:
+            if not self._done:
+                self.abort()
+
+    def abort(self) -> None:
+        """Drop the partial blob."""
+        if not self._file.closed:
+            self._file.close()
+        self.path.unlink(missing_ok=True)
+        self._done = True
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._done:
+            return
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+class LocalStore:
+    """An OCI image layout on disk that kit-dev pulls into, packs into and materializes from."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        try:
+            for sub in ("blobs/sha256", "ingest", "unpacked"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            layout = self.root / "oci-layout"
+            if not layout.exists():
+                _write_atomic(layout, b'{"imageLayoutVersion":"1.0.0"}')
+            if not self._index_path.exists():
+                _write_atomic(self._index_path, b'{"schemaVersion":2,"manifests":[]}')
+        except OSError as exc:
+            raise CacheError(f"cannot use {self.root} as the model cache: {exc.strerror or exc}") from exc
+
+    @property
+    def _index_path(self) -> Path:
+        return self.root / "index.json"
+
+    def blob_path(self, digest: str) -> Path:
+        """Where a blob lives (whether or not it is there yet); the digest is validated first."""
+        return self.root / "blobs" / "sha256" / digest_hex(digest)
+
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).is_file()
+
+    def ingest(self, digest: str, size: int) -> BlobWriter:
+        """A writer for a blob whose digest and size are known (a download)."""
+        return BlobWriter(self, digest, size)
+
+    def new_blob(self) -> BlobWriter:
+        """A writer for a blob whose digest is known only at the end (pack)."""
+        return BlobWriter(self, None, None)
+
+    def add_blob_bytes(self, data: bytes, media_type: str = "application/octet-stream") -> Descriptor:
+        with self.new_blob() as writer:
+            writer.write(data)
+        return Descriptor(media_type, writer.digest, len(data))
+
+    def add_blob_file(self, path: Path, media_type: str = "application/octet-stream") -> Descriptor:
+        """Copy a file into the store, streamed; the digest is computed on the way in."""
+        with self.new_blob() as writer, path.open("rb") as f:
+            while chunk := f.read(_CHUNK):
+                writer.write(chunk)
+        return Descriptor(media_type, writer.digest, writer.size)
+
+    def read_blob(self, digest: str) -> bytes:
+        """A whole blob in memory: for manifests and configs, never for weights."""
+        try:
+            return self.blob_path(digest).read_bytes()
+        except FileNotFoundError as exc:
+            raise CacheError(f"blob {digest} is not in the cache at {self.root}") from exc
+
+    def open_blob(self, digest: str) -> Any:
+        """A binary file object for streaming a blob."""
+        try:
+            return self.blob_path(digest).open("rb")
+        except FileNotFoundError as exc:
+            raise CacheError(f"blob {digest} is not in the cache at {self.root}") from exc
+
+    def put_manifest(self, reference: Reference, manifest: bytes, media_type: str = OCI_IMAGE_MANIFEST) -> str:
+        """Store a manifest blob and record it in ``index.json`` under the full reference."""
+        descriptor = self.add_blob_bytes(manifest, media_type)
+        ref_name = str(reference)
+        with self._index_lock():
+            index = self._read_index()
+            manifests = [
+                m for m in index["manifests"] if (m.get("annotations") or {}).get(ANNOTATION_REF_NAME) != ref_name
+            ]
+            entry = Descriptor(media_type, descriptor.digest, descriptor.size, {ANNOTATION_REF_NAME: ref_name})
+            manifests.append(entry.to_json())
+            index["manifests"] = manifests
+            _write_atomic(self._index_path, json.dumps(index, indent=2).encode())
+        return descriptor.digest
+
+    def resolve(self, reference: Reference) -> tuple[str, bytes] | None:
+        """The manifest stored for ``reference`` (by digest, or by the tag recorded in the index)."""
+        digest = reference.digest
+        if digest is None:
+            ref_name = str(reference)
+            matches = [
+                m["digest"]
+                for m in self._read_index()["manifests"]
+                if (m.get("annotations") or {}).get(ANNOTATION_REF_NAME) == ref_name
+            ]
+            if not matches:
+                return None
+            digest = matches[-1]
+        if not self.has_blob(digest):
+            return None
+        return digest, self.read_blob(digest)
+
+    def references(self) -> list[tuple[str, Descriptor]]:
+        """Every (reference, manifest descriptor) recorded in the index."""
+        out = []
+        for m in self._read_index()["manifests"]:
+            desc = Descriptor.from_json(m)
+            out.append((desc.annotations.get(ANNOTATION_REF_NAME, ""), desc))
+        return out
+
+    def unpacked_dir(self, manifest_digest: str) -> Path:
+        """The directory a ModelKit is materialized into (not created here)."""
+        return self.root / "unpacked" / digest_hex(manifest_digest)
+
+    @contextlib.contextmanager
+    def _index_lock(self) -> Iterator[None]:
+        with FileLock(str(self.root / "index.json.lock"), timeout=60):
+            yield
+
+    def _read_index(self) -> dict[str, Any]:
+        try:
+            index = json.loads(self._index_path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise CacheError(f"cannot read {self._index_path}: {exc}") from exc
+        if not isinstance(index, dict) or not isinstance(index.get("manifests"), list):
+            raise CacheError(f"{self._index_path} is not an OCI image index")
+        return index
