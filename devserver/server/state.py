@@ -1,0 +1,47 @@
+"""What one app holds while it runs: kept on ``app.state.kitdev``, never in module globals."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from backends.base import Backend
+from backends.chat_template import ChatTemplate
+from devserver.errors import BackendError, ServerNotReady
+from devserver.server.config import ServerConfig
+from devserver.server.metrics import ServerMetrics
+from devserver.server.worker import ModelWorker
+
+LoadStatus = Literal["loading", "ok", "error", "stopped"]
+
+
+@dataclass
+class Loaded:
+    """The parts that exist only once the backend has loaded."""
+
+    backend: Backend
+    worker: ModelWorker
+    template: ChatTemplate
+
+
+@dataclass
+class ServerState:
+    config: ServerConfig
+    metrics: ServerMetrics
+    status: LoadStatus = "loading"
+    error: str | None = None  # the one-line load failure, when status == "error"
+    loaded: Loaded | None = None
+    created: int = field(default_factory=lambda: int(time.time()))
+    lock: threading.Lock = field(default_factory=threading.Lock)  # load thread vs shutdown
+
+    def ready(self) -> Loaded:
+        """The loaded model, or the error a request gets while there is none."""
+        if self.loaded is not None and self.status == "ok":
+            return self.loaded
+        if self.status == "error":
+            raise BackendError(f"the model failed to load: {self.error}")
+        if self.status == "stopped":
+            raise ServerNotReady("the server is shutting down")
+        raise ServerNotReady("the model is still loading", hint="poll /health until it says ok")
