@@ -1,0 +1,149 @@
+"""The llama.cpp backend with the real SmolLM2 GGUF, checked against in-process llama-cpp-python."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backends.base import FinishEvent, GenerationRequest, SamplingParams, TokenEvent, collect
+from backends.chat_template import ChatTemplate
+from backends.select import BackendChoice, EngineOptions
+
+llama_cpp = pytest.importorskip("llama_cpp")
+from backends import llamacpp  # noqa: E402 - only importable with llama_cpp installed
+
+pytestmark = pytest.mark.slow
+
+OPTIONS = EngineOptions(ctx_size=2048, threads=2)
+MESSAGES = [{"role": "user", "content": "Name three colours."}]
+
+
+@pytest.fixture(scope="module")
+def backend(smollm2_gguf: Path) -> Iterator[llamacpp.LlamaCppBackend]:
+    choice = BackendChoice(backend="llama.cpp", device="cpu", model_path=smollm2_gguf, reasons=("test",))
+    loaded = llamacpp.load(choice, OPTIONS)
+    yield loaded
+    loaded.close()
+
+
+@pytest.fixture(scope="module")
+def reference(smollm2_gguf: Path, backend: llamacpp.LlamaCppBackend) -> Iterator[Any]:
+    """Plain llama-cpp-python with the same context settings as the backend."""
+    llm = llama_cpp.Llama(
+        model_path=str(smollm2_gguf),
+        n_ctx=OPTIONS.ctx_size,
+        n_threads=2,
+        n_threads_batch=2,
+        n_gpu_layers=backend.info.extra["n_gpu_layers"],
+        verbose=False,
+    )
+    yield llm
+    llm.close()
+
+
+def render(backend: llamacpp.LlamaCppBackend, messages: list[dict[str, str]]) -> str:
+    assert backend.chat_template is not None
+    return ChatTemplate.for_backend(backend.chat_template, backend.special_tokens).render(messages)
+
+
+def generate(backend: llamacpp.LlamaCppBackend, messages: list[dict[str, str]], **params: Any) -> list[Any]:
+    request = GenerationRequest("test", render(backend, messages), SamplingParams(**params))
+    return list(backend.generate(request))
+
+
+def reference_text(reference: Any, messages: list[dict[str, str]], max_tokens: int) -> str:
+    stream = reference.create_chat_completion(messages, temperature=0, max_tokens=max_tokens, stream=True)
+    return "".join(chunk["choices"][0]["delta"].get("content") or "" for chunk in stream)
+
+
+def test_load_reports_what_it_loaded(backend: llamacpp.LlamaCppBackend, smollm2_gguf: Path) -> None:
+    assert backend.info.name == "llama.cpp"
+    assert backend.info.context_size == 2048
+    assert backend.info.model_file == str(smollm2_gguf)
+    assert backend.info.reasons == ("test",)
+    assert backend.info.extra["n_threads"] == 2
+    assert backend.chat_template and "im_start" in backend.chat_template
+    assert backend.special_tokens["eos_token"] == "<|im_end|>"
+
+
+def test_default_context_is_capped_at_4096(smollm2_gguf: Path) -> None:
+    choice = BackendChoice(backend="llama.cpp", device="cpu", model_path=smollm2_gguf)
+    loaded = llamacpp.load(choice, EngineOptions(threads=1))
+    try:
+        assert loaded.info.context_size == min(4096, loaded.info.extra["n_ctx_train"])
+    finally:
+        loaded.close()
+
+
+def test_prompt_matches_llama_cpp_python_rendering(backend: llamacpp.LlamaCppBackend, reference: Any) -> None:
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    formatter = Jinja2ChatFormatter(
+        template=reference.metadata["tokenizer.chat_template"],
+        eos_token=backend.special_tokens["eos_token"],
+        bos_token=backend.special_tokens["bos_token"],
+    )
+    messages = [{"role": "system", "content": "Be brief."}, *MESSAGES,
+                {"role": "assistant", "content": "Red."}, {"role": "user", "content": "More?"}]  # fmt: skip
+    for case in (MESSAGES, messages):
+        assert render(backend, case) == formatter(messages=case).prompt
+    prompt = render(backend, MESSAGES)
+    assert backend.count_tokens(prompt) == len(reference.tokenize(prompt.encode(), add_bos=False, special=True))
+
+
+def test_greedy_text_equals_create_chat_completion(backend: llamacpp.LlamaCppBackend, reference: Any) -> None:
+    events = generate(backend, MESSAGES, temperature=0, max_tokens=32)
+    text, finish = collect(events)
+    assert text == reference_text(reference, MESSAGES, 32)
+    assert text.strip()
+    assert finish.reason == "length"
+    assert finish.completion_tokens == 32
+    assert finish.prompt_tokens == backend.count_tokens(render(backend, MESSAGES))
+    assert finish.timings.prefill_s is not None and finish.timings.decode_s is not None
+    assert sum(len(e.token_ids) for e in events if isinstance(e, TokenEvent)) == 32
+
+
+def test_stop_string_spanning_tokens_is_cut_and_never_emitted(backend: llamacpp.LlamaCppBackend) -> None:
+    events = generate(backend, MESSAGES, temperature=0, max_tokens=32)
+    pieces = [e.text for e in events if isinstance(e, TokenEvent)]
+    full = "".join(pieces)
+    # A stop string made of the end of one token and the start of the next.
+    index = next(i for i in range(3, len(pieces) - 1) if len(pieces[i]) >= 2 and len(pieces[i + 1]) >= 2)
+    stop = pieces[index][-2:] + pieces[index + 1][:2]
+    expected = full[: full.index(stop)]
+    stopped = generate(backend, MESSAGES, temperature=0, max_tokens=32, stop=(stop,))
+    text, finish = collect(stopped)
+    assert text == expected
+    assert finish.reason == "stop"  # and ``text == expected``: not one character of the stop string went out
+
+
+def test_cancel_stops_within_one_token(backend: llamacpp.LlamaCppBackend) -> None:
+    request = GenerationRequest("c", render(backend, MESSAGES), SamplingParams(temperature=0, max_tokens=32))
+    events = []
+    for event in backend.generate(request):
+        events.append(event)
+        if isinstance(event, TokenEvent):
+            request.cancel.set()
+    assert isinstance(events[-1], FinishEvent)
+    assert events[-1].reason == "cancelled"
+    assert events[-1].completion_tokens <= 2
+    assert sum(isinstance(e, TokenEvent) for e in events) == 1
+
+
+def test_seeded_sampling_repeats_and_logit_bias_bans_a_token(backend: llamacpp.LlamaCppBackend) -> None:
+    sampled = {collect(generate(backend, MESSAGES, temperature=0.9, seed=7, max_tokens=12))[0] for _ in range(2)}
+    assert len(sampled) == 1
+    greedy = generate(backend, MESSAGES, temperature=0, max_tokens=4)
+    first = next(e for e in greedy if isinstance(e, TokenEvent)).token_ids[0]
+    banned = generate(backend, MESSAGES, temperature=0, max_tokens=4, logit_bias={first: -100.0})
+    assert next(e for e in banned if isinstance(e, TokenEvent)).token_ids[0] != first
+
+
+def test_penalties_change_greedy_output(backend: llamacpp.LlamaCppBackend) -> None:
+    plain = collect(generate(backend, MESSAGES, temperature=0, max_tokens=24))[0]
+    penalised = collect(generate(backend, MESSAGES, temperature=0, max_tokens=24, frequency_penalty=2.0,
+                                 presence_penalty=2.0, repeat_penalty=1.5))[0]  # fmt: skip
+    assert penalised != plain
