@@ -79,14 +79,12 @@ ServerFactory = Callable[..., LiveServer]
 
 @pytest.fixture
 def serve() -> Iterator[ServerFactory]:
-    """``serve(backend, **config)`` → a started, ready server; all are stopped after the test."""
+    """``serve(backend_or_loader, **config)`` → a started (and loaded) server, stopped after the test."""
     servers: list[LiveServer] = []
 
-    def start(backend: Backend | Callable[[], Backend] | None = None, *, ready: bool = True,
-              **config: Any) -> LiveServer:  # fmt: skip
-        loader = backend if callable(backend) and not isinstance(backend, FakeBackend) else None
-        instance = backend if isinstance(backend, FakeBackend) else FakeBackend()
-        app = create_app(make_config(**config), loader or (lambda: instance))
+    def start(backend: FakeBackend | Callable[[], Backend], *, ready: bool = True, **config: Any) -> LiveServer:
+        loader = (lambda: backend) if isinstance(backend, FakeBackend) else backend
+        app = create_app(make_config(**config), loader)
         server = LiveServer(app).__enter__()
         servers.append(server)
         if ready:

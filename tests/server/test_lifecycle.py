@@ -98,3 +98,11 @@ def test_shutdown_closes_the_backend(serve: ServerFactory) -> None:
     server = serve(backend)
     server.__exit__(None, None, None)
     assert backend.closed
+
+
+def test_openapi_documents_the_chat_request(serve: ServerFactory) -> None:
+    server = serve(FakeBackend())
+    schema = httpx.get(f"{server.url}/openapi.json").json()
+    body = schema["paths"]["/v1/chat/completions"]["post"]["requestBody"]
+    assert body["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ChatCompletionRequest"}
+    assert "messages" in schema["components"]["schemas"]["ChatCompletionRequest"]["properties"]
