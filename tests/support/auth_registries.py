@@ -7,15 +7,19 @@ writes its own ``http`` block. Token auth needs no port of its own and goes thro
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import ssl
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import bcrypt
+import httpx
 
 from tests.support.ports import free_port, wait_http
 from tests.support.registry import RegistryProcess
@@ -82,3 +86,18 @@ class TLSRegistryProcess(RegistryProcess):
             verify.load_cert_chain(str(self.pki.client_cert), str(self.pki.client_key))
         wait_http(f"{self.url}/v2/", timeout=15, ok=(200, 401), verify=verify)
         return self
+
+
+def upload_blob(client: httpx.Client, repository: str, data: bytes, *, stream: bool = False) -> str:
+    """POST + monolithic PUT, as kit does; ``stream=True`` sends the body from a generator, like the client."""
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    started = client.post(f"/v2/{repository}/blobs/uploads/")
+    assert started.status_code == 202, (started.status_code, started.text)
+    # the Location carries a signed _state query: httpx's params= would replace it, so append by hand
+    location = urljoin(str(started.url), started.headers["Location"])
+    location += ("&" if "?" in location else "?") + f"digest={digest}"
+    body: bytes | Iterator[bytes] = iter([data]) if stream else data
+    headers = {"Content-Type": "application/octet-stream", "Content-Length": str(len(data))}
+    done = client.put(location, content=body, headers=headers)
+    assert done.status_code == 201, (done.status_code, done.text)
+    return digest
