@@ -70,10 +70,10 @@ def tls_error(exc: httpx.TransportError, host: str) -> RegistryError | None:
         return RegistryError(
             f"registry {host} did not answer TLS: {reason}", hint="if it serves plain HTTP, pass --plain-http"
         )
-    if "CERTIFICATE_REQUIRED" in reason or "HANDSHAKE_FAILURE" in reason:
-        return RegistryError(
-            f"TLS handshake with registry {host} failed: {reason}",
-            hint="if it requires a client certificate, pass --cert and --key",
+    if any(alert in reason for alert in ("CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "HANDSHAKE_FAILURE")):
+        return RegistryError(  # how Go servers refuse a missing or untrusted client certificate
+            f"registry {host} refused the TLS handshake: {reason}",
+            hint="if it requires a client certificate, pass --cert and --key with one signed by a CA it trusts",
         )
     return RegistryError(f"TLS with registry {host} failed: {reason}")
 
