@@ -143,7 +143,7 @@ class RegistryAuth(httpx.Auth):
             return  # a 401 with no challenge we know: the caller maps the status
         if not isinstance(request.stream, httpx.ByteStream):  # a streamed body is gone once sent
             raise RegistryError(
-                f"registry {self.host} asked to authenticate again during a streamed upload "
+                f"registry {self.host} asked to authenticate during a streamed upload "
                 f"({request.method} {request.url.path}); run the command again"
             )
         response = yield request, False
@@ -157,7 +157,7 @@ class RegistryAuth(httpx.Auth):
         now = time.monotonic()
         for key, token in list(self._tokens.items()):
             if token.expires_at <= now:
-                del self._tokens[key]
+                self._tokens.pop(key, None)  # another thread may have dropped it already
             elif _covers(token.scope, scope):
                 request.headers["Authorization"] = f"Bearer {token.value}"
                 return

@@ -63,7 +63,11 @@ def test_default_paths_follow_home(env: dict[str, str]) -> None:
 def test_paths_follow_their_variables(env: dict[str, str], tmp_path: Path) -> None:
     env |= {"KIT_DEV_CONFIG_DIR": str(tmp_path / "kd"), "KITOPS_HOME": str(tmp_path / "kh")}
     env["DOCKER_CONFIG"] = str(tmp_path / "dc")
-    assert _files(env) == (tmp_path / "kd/credentials.json", tmp_path / "kh/credentials.json", tmp_path / "dc/config.json")
+    assert _files(env) == (
+        tmp_path / "kd/credentials.json",
+        tmp_path / "kh/credentials.json",
+        tmp_path / "dc/config.json",
+    )
 
 
 def test_nothing_found_is_none(env: dict[str, str]) -> None:

@@ -79,8 +79,8 @@ class TLSRegistryProcess(RegistryProcess):
         }
         config_path = self.root / "config.yml"
         config_path.write_text(json.dumps(config))
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen([binary, "serve", str(config_path)], stdout=log, stderr=log)
+        with self.log_path.open("ab") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen([binary, "serve", str(config_path)], stdout=log, stderr=log)
         verify = ssl.create_default_context(cafile=str(self.pki.ca_cert))
         if self.require_client_cert:
             verify.load_cert_chain(str(self.pki.client_cert), str(self.pki.client_key))
