@@ -92,8 +92,10 @@ def _build_all(root: Path, tools: Path) -> None:
 
 def _quiet() -> None:
     """Progress bars and advisory warnings from transformers/peft would drown the build log."""
+    import os
     import warnings
 
+    os.environ["TQDM_DISABLE"] = "1"  # the GGUF dequantiser uses tqdm directly; read at tqdm import
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
