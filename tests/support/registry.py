@@ -52,8 +52,8 @@ class RegistryProcess:
         }
         config_path = self.root / "config.yml"
         config_path.write_text(json.dumps(config))  # JSON is YAML
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen([binary, "serve", str(config_path)], stdout=log, stderr=log)
+        with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen([binary, "serve", str(config_path)], stdout=log, stderr=log)
         wait_http(f"{self.url}/v2/", timeout=15, ok=(200, 401))
         return self
 
