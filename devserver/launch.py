@@ -92,7 +92,6 @@ def server_config(resolved: ResolvedModelKit, settings: Settings, choice: Backen
         reference=resolved.reference or str(resolved.root),
         digest=resolved.digest,
         version=(package.version if package and package.version else None) or resolved.tag,
-        metadata={"backend": choice.backend, "device": choice.device, "reasons": list(choice.reasons)},
     )
     template = settings.chat_template.read_text() if settings.chat_template else None
     return ServerConfig(
