@@ -5,8 +5,8 @@ token by token with a llama.cpp sampler chain built per request. The loop is our
 ``Llama.create_completion`` because that one re-detokenizes the whole completion on every token
 (O(n²)), applies ``logit_bias`` through a numpy processor it flags as "probably broken", and cannot
 be cancelled between tokens. The sampler chain is llama-cpp-python's own order (logit bias, penalties,
-then greedy, or top-k → top-p → min-p → temperature → dist), and the KV prefix reuse is its rule, so
-greedy output equals ``Llama.create_chat_completion(temperature=0)`` for the same prompt.
+then greedy, or top-k → top-p → min-p → temperature → dist) and the prompt is evaluated the same way,
+so greedy output equals a fresh ``Llama.create_chat_completion(temperature=0)`` for the same messages.
 
 Only this module imports ``llama_cpp``; its errors are translated into ``BackendError`` here.
 """
@@ -196,24 +196,15 @@ class LlamaCppBackend:
         )
 
     def _prefill(self, prompt: Sequence[int]) -> None:
-        """Evaluate ``prompt``, reusing the KV cache for the prefix it shares with the last request.
+        """Evaluate the whole prompt from an empty KV cache, every time.
 
-        The same rule as ``Llama.generate``: keep the longest common prefix, but re-evaluate at least
-        the prompt's last token so the logits we sample from are fresh.
+        Reusing the cached prefix (llama-cpp-python's and llama-server's default) would save prefill
+        time in multi-turn chats, but llama.cpp's CPU kernels differ by batch size, so a prompt whose
+        tail is evaluated alone gives slightly different logits and, now and then, a different greedy
+        answer to the same request. A dev server must answer the same request the same way.
         """
-        llm = self._llm
-        common = 0
-        for cached, new in zip(llm.input_ids[: llm.n_tokens], prompt, strict=False):
-            if cached != new:
-                break
-            common += 1
-        common = min(common, len(prompt) - 1)
-        memory = self._llama_cpp.llama_get_memory(llm.ctx)
-        if common > 0 and memory is not None and self._llama_cpp.llama_memory_seq_rm(memory, -1, common, -1):
-            llm.n_tokens = common
-        else:
-            llm.reset()
-        self._eval(prompt[llm.n_tokens :])
+        self._llm.reset()
+        self._eval(prompt)
 
     def _eval(self, tokens: Sequence[int]) -> None:
         try:

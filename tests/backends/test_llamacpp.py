@@ -55,6 +55,7 @@ def generate(backend: llamacpp.LlamaCppBackend, messages: list[dict[str, str]], 
 
 
 def reference_text(reference: Any, messages: list[dict[str, str]], max_tokens: int) -> str:
+    reference.reset()  # a fresh evaluation, as the backend does (no KV prefix reuse)
     stream = reference.create_chat_completion(messages, temperature=0, max_tokens=max_tokens, stream=True)
     return "".join(chunk["choices"][0]["delta"].get("content") or "" for chunk in stream)
 
@@ -104,6 +105,11 @@ def test_greedy_text_equals_create_chat_completion(backend: llamacpp.LlamaCppBac
     assert finish.prompt_tokens == backend.count_tokens(render(backend, MESSAGES))
     assert finish.timings.prefill_s is not None and finish.timings.decode_s is not None
     assert sum(len(e.token_ids) for e in events if isinstance(e, TokenEvent)) == 32
+
+
+def test_the_same_request_twice_gives_the_same_greedy_text(backend: llamacpp.LlamaCppBackend) -> None:
+    first = collect(generate(backend, MESSAGES, temperature=0, max_tokens=16))[0]
+    assert collect(generate(backend, MESSAGES, temperature=0, max_tokens=16))[0] == first
 
 
 def test_stop_string_spanning_tokens_is_cut_and_never_emitted(backend: llamacpp.LlamaCppBackend) -> None:

@@ -50,6 +50,7 @@ def client(server: LiveServer) -> Iterator[Any]:
 
 
 def expected(reference: Any, messages: list[dict[str, str]], **kwargs: Any) -> str:
+    reference.reset()  # a fresh evaluation, as the backend does (no KV prefix reuse)
     stream = reference.create_chat_completion(messages, temperature=0, max_tokens=MAX_TOKENS, stream=True, **kwargs)
     return "".join(chunk["choices"][0]["delta"].get("content") or "" for chunk in stream)
 
