@@ -210,19 +210,29 @@ def _str(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def safetensors_header(path: Path) -> dict[str, dict]:
+    """A safetensors file's tensor table (name → dtype, shape, offsets), without reading tensor data."""
+    with path.open("rb") as fh:
+        length = int.from_bytes(fh.read(8), "little")
+        if length > 100_000_000:
+            raise ValueError(f"{path.name} has an implausible header length {length}")
+        header = json.loads(fh.read(length))
+    if not isinstance(header, dict):
+        raise ValueError(f"{path.name} has no tensor table")
+    return {k: v for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+
+
 def count_parameters(files: ModelFiles) -> int | None:
-    """Parameters in the safetensors weights, read from their headers (no tensor data is read)."""
+    """Parameters in the safetensors weights, read from their headers."""
     total = 0
     for path in files.safetensors:
         try:
-            with path.open("rb") as fh:
-                header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+            header = safetensors_header(path)
         except (OSError, ValueError):
             return None
-        for key, entry in header.items():
-            if key != "__metadata__":
-                count = 1
-                for dim in entry.get("shape", []):
-                    count *= dim
-                total += count
+        for entry in header.values():
+            count = 1
+            for dim in entry.get("shape", []):
+                count *= dim
+            total += count
     return total or None

@@ -1,0 +1,506 @@
+"""safetensors (and, when allowed, pickle) models through transformers + torch, with PEFT LoRA adapters.
+
+``load`` reads the model directory offline (no hub, ever), in bfloat16 on CUDA and float32 on the CPU
+(CPU bfloat16 matmuls are slow and lose the parity with llama.cpp that tests rely on). ``generate``
+runs ``model.generate`` in a worker thread and streams its tokens back through a queue: transformers
+owns the sampling (its logits warpers are the reference implementations) and we own the text —
+incremental UTF-8-safe decoding, stop strings via ``backends.stopping``, cancellation within a token.
+
+Adapters are loaded once, at start, into one ``PeftModel``; each request picks one by name
+(``set_adapter``) or none (``disable_adapter``), under the backend's lock, so switching costs nothing.
+
+Only this module imports torch/transformers/peft, and it imports nothing from ``devserver.server``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from backends.base import (
+    AdapterInfo,
+    BackendInfo,
+    FinishEvent,
+    FinishReason,
+    GenerationEvent,
+    GenerationRequest,
+    SamplingParams,
+    Timings,
+    TokenEvent,
+)
+from backends.model_files import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, safetensors_header
+from backends.select import AdapterSpec, BackendChoice, EngineOptions
+from backends.stopping import StopMatcher
+from devserver.errors import BackendError, ContextLengthExceeded, InvalidRequest
+
+_END = object()  # the streamer's end-of-generation marker
+
+
+def _import_engine() -> tuple[Any, Any]:
+    os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers reads it: kit-dev never calls the hub
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    try:
+        import torch
+        import transformers
+    except ImportError as exc:
+        raise BackendError("torch and transformers are not installed", hint="pip install 'kit-dev[hf]'") from exc
+    return torch, transformers
+
+
+def load(choice: BackendChoice, options: EngineOptions) -> HFBackend:
+    """Load the model directory ``choice.model_path`` and its PEFT adapters; ``BackendError`` if not."""
+    torch, transformers = _import_engine()
+    directory = choice.model_path
+    use_safetensors = _check_model_dir(directory, options)
+    adapter_safetensors = [_check_adapter_files(spec, options) for spec in choice.adapters]
+    device = choice.device
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    transformers.utils.logging.disable_progress_bar()  # a server log is no terminal
+    common = {"local_files_only": True, "trust_remote_code": options.trust_remote_code}
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(directory, **common)
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            directory, dtype=dtype, use_safetensors=use_safetensors, **common
+        )
+    except (OSError, ValueError, RuntimeError, KeyError, ImportError) as exc:
+        raise BackendError(f"transformers could not load {directory.name}: {_first_line(exc)}") from exc
+    model.to(device)
+    # Decoding settings come only from each request: a checkpoint's generation_config.json (its own
+    # temperature, top_k, min_p...) would otherwise fill every value a request leaves unset.
+    model.generation_config = transformers.GenerationConfig(
+        bos_token_id=model.generation_config.bos_token_id,
+        eos_token_id=model.generation_config.eos_token_id,
+        pad_token_id=model.generation_config.pad_token_id,
+    )
+    model.eval()
+    if choice.adapters:
+        model = _load_adapters(model, choice.adapters, adapter_safetensors)
+        model.to(device)
+    context = options.ctx_size or _context_size(model, tokenizer)
+    info = BackendInfo(
+        name="transformers",
+        device=device,
+        model_file=str(directory),
+        context_size=context,
+        max_concurrency=1,
+        adapters=tuple(AdapterInfo(a.name, str(a.path), "peft-lora") for a in choice.adapters),
+        reasons=choice.reasons,
+        extra={
+            "dtype": str(dtype).removeprefix("torch."),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "threads": torch.get_num_threads(),
+        },
+    )
+    return HFBackend(model, tokenizer, info)
+
+
+def _check_model_dir(directory: Path, options: EngineOptions) -> bool:
+    """Refuse what would run code we were not allowed to run; return ``use_safetensors``."""
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise BackendError(f"{directory}/config.json is missing or not JSON: {exc}") from exc
+    if isinstance(config, dict) and config.get("auto_map") and not options.trust_remote_code:
+        raise BackendError(
+            f"{directory.name} ships its own Python code (config.json auto_map)",
+            hint="pass --trust-remote-code if you trust this ModelKit",
+        )
+    if any(directory.glob(f"*{s}") for s in SAFETENSORS_SUFFIXES):
+        return True
+    pickles = sorted(p.name for s in PICKLE_SUFFIXES for p in directory.glob(f"*{s}"))
+    if not pickles:
+        raise BackendError(f"{directory} has no *.safetensors or *.bin weights")
+    if not options.allow_pickle:
+        raise BackendError(
+            f"the weights ({', '.join(pickles)}) are Python pickles, which can run code when loaded",
+            hint="pass --allow-pickle if you trust this ModelKit, or ship safetensors",
+        )
+    return False
+
+
+def _load_adapters(model: Any, adapters: tuple[AdapterSpec, ...], safetensors: list[bool]) -> Any:
+    """Every adapter into one PeftModel, each checked against the base first so a wrong one is named."""
+    from peft import PeftModel
+
+    peft_model = None
+    for spec, weights in zip(adapters, safetensors, strict=True):
+        if weights:
+            _check_adapter_fits(model, spec)
+        try:
+            if peft_model is None:
+                peft_model = PeftModel.from_pretrained(
+                    model, spec.path, adapter_name=spec.name, is_trainable=False, use_safetensors=weights
+                )
+            else:
+                peft_model.load_adapter(spec.path, adapter_name=spec.name, is_trainable=False)
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise BackendError(f"part {spec.name!r} ({spec.path}) could not be loaded: {_first_line(exc)}") from exc
+    assert peft_model is not None
+    peft_model.eval()
+    return peft_model
+
+
+def _check_adapter_files(spec: AdapterSpec, options: EngineOptions) -> bool:
+    """The adapter's files are there (checked before the slow model load); return ``use_safetensors``."""
+    label = f"part {spec.name!r} ({spec.path})"
+    if not (spec.path / "adapter_config.json").is_file():
+        raise BackendError(f"{label} has no adapter_config.json")
+    weights, pickle = spec.path / "adapter_model.safetensors", spec.path / "adapter_model.bin"
+    if not weights.is_file():
+        if pickle.is_file() and options.allow_pickle:
+            return False
+        hint = "pass --allow-pickle to load adapter_model.bin" if pickle.is_file() else None
+        raise BackendError(f"{label} has no adapter_model.safetensors", hint=hint)
+    return True
+
+
+def _check_adapter_fits(model: Any, spec: AdapterSpec) -> None:
+    """Every LoRA matrix adapts a module this base has, with matching features, so that an adapter
+    trained for another base fails here with its part's name rather than deep inside PEFT."""
+    label = f"part {spec.name!r} ({spec.path})"
+    try:
+        header = safetensors_header(spec.path / "adapter_model.safetensors")
+    except (OSError, ValueError) as exc:
+        raise BackendError(f"{label}: adapter_model.safetensors is unreadable: {exc}") from exc
+    for key, entry in header.items():
+        module_name, _, kind = key.removeprefix("base_model.model.").rpartition(".lora_")
+        if not kind:
+            continue
+        try:
+            module = model.get_submodule(module_name)
+        except AttributeError:
+            raise BackendError(
+                f"{label} adapts {module_name}, which this base model does not have",
+                hint="the adapter was trained for another base model",
+            ) from None
+        shape = entry.get("shape") or [None]
+        if kind == "A.weight":  # lora_A is [r, in_features]
+            want, got = getattr(module, "in_features", None), shape[-1]
+        elif kind == "B.weight":  # lora_B is [out_features, r]
+            want, got = getattr(module, "out_features", None), shape[0]
+        else:
+            continue
+        if want is not None and got != want:
+            raise BackendError(
+                f"{label} has {key} of shape {shape}, but {module_name} has {want} features there",
+                hint="the adapter was trained for another base model",
+            )
+
+
+def _context_size(model: Any, tokenizer: Any) -> int:
+    config_max = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(config_max, int) and config_max > 0:
+        return config_max
+    tokenizer_max = getattr(tokenizer, "model_max_length", None)
+    return tokenizer_max if isinstance(tokenizer_max, int) and 0 < tokenizer_max < 10**7 else 2048
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class HFBackend:
+    """One loaded transformers model (optionally a PeftModel with named adapters); one request at a time."""
+
+    def __init__(self, model: Any, tokenizer: Any, info: BackendInfo) -> None:
+        import torch
+
+        self._torch = torch
+        self._model = model
+        self._tokenizer = tokenizer
+        self._device = torch.device(info.device)
+        self._adapters = {a.name for a in info.adapters}
+        self._eos_ids = _eos_ids(model, tokenizer)
+        self._lock = threading.Lock()  # one model, one adapter setting, one generation at a time
+        self._closed = False
+        self.info = info
+
+    @property
+    def chat_template(self) -> str | None:
+        template = getattr(self._tokenizer, "chat_template", None)
+        return template if isinstance(template, str) and template else None
+
+    @property
+    def special_tokens(self) -> dict[str, str]:
+        return {
+            "bos_token": self._tokenizer.bos_token or "",
+            "eos_token": self._tokenizer.eos_token or "",
+        }
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def generate(self, request: GenerationRequest) -> Iterator[GenerationEvent]:
+        params = request.params
+        if params.grammar or params.json_schema:
+            raise InvalidRequest(
+                "constrained decoding (grammar, JSON schema) needs the llama.cpp backend", param="response_format"
+            )
+        if request.adapter is not None and request.adapter not in self._adapters:
+            raise InvalidRequest(f"unknown adapter {request.adapter!r}", param="model")
+        with self._lock:
+            if self._closed:
+                raise BackendError("the model has been unloaded")
+            with self._adapter(request.adapter):
+                yield from self._generate(request)
+
+    @contextlib.contextmanager
+    def _adapter(self, name: str | None) -> Iterator[None]:
+        if not self._adapters:
+            yield
+        elif name is None:
+            with self._model.disable_adapter():
+                yield
+        else:
+            self._model.set_adapter(name)
+            yield
+
+    def _generate(self, request: GenerationRequest) -> Iterator[GenerationEvent]:
+        start = time.perf_counter()
+        params = request.params
+        prompt = self._tokenizer(request.prompt, add_special_tokens=request.add_special_tokens)["input_ids"]
+        budget = self.info.context_size - len(prompt)
+        if budget <= 0:
+            raise ContextLengthExceeded(
+                f"the prompt is {len(prompt)} tokens; the context holds {self.info.context_size}", param="messages"
+            )
+        max_tokens = budget if params.max_tokens is None else min(params.max_tokens, budget)
+        streamer = _QueueStreamer()
+        stop = threading.Event()
+        worker = threading.Thread(
+            target=self._run,
+            args=(prompt, params, max_tokens, streamer, stop, request.cancel),
+            name=f"hf-generate-{request.request_id}",
+            daemon=True,
+        )
+        detokenizer = _Detokenizer(self._tokenizer)
+        matcher = StopMatcher(params.stop)
+        reason: FinishReason = "length"
+        produced = 0
+        first_token_at: float | None = None
+        pending: list[int] = []
+        worker.start()
+        try:
+            for token in streamer:
+                first_token_at = first_token_at or time.perf_counter()
+                if request.cancel.is_set():
+                    reason = "cancelled"
+                    break
+                if token in self._eos_ids:
+                    reason = "stop"
+                    break
+                produced += 1
+                pending.append(token)
+                text = matcher.feed(detokenizer.push(token))
+                if text:
+                    yield TokenEvent(text=text, token_ids=tuple(pending))
+                    pending.clear()
+                if matcher.stopped:
+                    reason = "stop"
+                    break
+        finally:
+            stop.set()  # also when the consumer walks away mid-stream (GeneratorExit)
+            worker.join()
+        if streamer.error is not None:
+            yield FinishEvent("error", len(prompt), produced, error=f"generation failed: {streamer.error}")
+            return
+        if reason != "cancelled" and not matcher.stopped:
+            tail = matcher.feed(detokenizer.flush()) + matcher.flush()
+            if tail:
+                yield TokenEvent(text=tail, token_ids=tuple(pending))
+        end = time.perf_counter()
+        prefill_end = first_token_at or end
+        yield FinishEvent(
+            reason=reason,
+            prompt_tokens=len(prompt),
+            completion_tokens=produced,
+            timings=Timings(prefill_s=prefill_end - start, decode_s=end - prefill_end),
+        )
+
+    def _run(
+        self,
+        prompt: list[int],
+        params: SamplingParams,
+        max_tokens: int,
+        streamer: _QueueStreamer,
+        stop: threading.Event,
+        cancel: threading.Event,
+    ) -> None:
+        """The worker thread: ``model.generate`` with its tokens going to ``streamer``."""
+        torch = self._torch
+        from transformers import LogitsProcessorList, StoppingCriteriaList
+
+        try:
+            if max_tokens > 0:
+                if params.seed is not None:
+                    torch.manual_seed(params.seed)  # safe: the backend lock serialises generations
+                input_ids = torch.tensor([prompt], device=self._device)
+                with torch.inference_mode():
+                    self._model.generate(
+                        input_ids=input_ids,
+                        attention_mask=torch.ones_like(input_ids),
+                        generation_config=self._generation_config(params, max_tokens),
+                        logits_processor=LogitsProcessorList(_processors(params, len(prompt), torch)),
+                        stopping_criteria=StoppingCriteriaList([_Halt(stop, cancel)]),
+                        streamer=streamer,
+                    )
+        except Exception as exc:  # any failure is reported to the client as a FinishEvent
+            streamer.error = _first_line(exc)
+        finally:
+            streamer.end()
+
+    def _generation_config(self, params: SamplingParams, max_tokens: int) -> Any:
+        from transformers import GenerationConfig
+
+        sampling = params.temperature > 0
+        config = GenerationConfig(
+            max_new_tokens=max_tokens,
+            do_sample=sampling,
+            eos_token_id=sorted(self._eos_ids),
+            pad_token_id=self._model.generation_config.pad_token_id or min(self._eos_ids, default=0),
+            repetition_penalty=params.repeat_penalty or 1.0,
+        )
+        if sampling:
+            config.temperature = params.temperature
+            config.top_p = params.top_p
+            config.top_k = params.top_k or 0  # unset would mean transformers' default of 50
+            config.min_p = params.min_p or None
+        return config
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._model = None
+            if self._device.type == "cuda":
+                self._torch.cuda.empty_cache()
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    """Every id that ends a turn: the generation config's (int or list) and the tokenizer's."""
+    configured = model.generation_config.eos_token_id
+    ids = set(configured if isinstance(configured, list) else [configured])
+    ids.add(tokenizer.eos_token_id)
+    return frozenset(i for i in ids if isinstance(i, int))
+
+
+def _processors(params: SamplingParams, prompt_len: int, torch: Any) -> list[Any]:
+    """OpenAI's penalties and logit bias, which transformers has no flag for (they run before warpers)."""
+    processors: list[Any] = []
+    if params.presence_penalty or params.frequency_penalty:
+        processors.append(_Penalties(params.presence_penalty, params.frequency_penalty, prompt_len, torch))
+    if params.logit_bias:
+        processors.append(_LogitBias(params.logit_bias, torch))
+    return processors
+
+
+class _Penalties:
+    """OpenAI presence/frequency penalties, over the completion so far (not the prompt)."""
+
+    def __init__(self, presence: float, frequency: float, prompt_len: int, torch: Any) -> None:
+        self.presence, self.frequency, self.prompt_len, self.torch = presence, frequency, prompt_len, torch
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        generated = input_ids[:, self.prompt_len :]
+        if generated.shape[1] == 0:
+            return scores
+        counts = self.torch.zeros_like(scores).scatter_add_(
+            1, generated, self.torch.ones_like(generated, dtype=scores.dtype)
+        )
+        return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
+
+
+class _LogitBias:
+    def __init__(self, bias: dict[int, float], torch: Any) -> None:
+        self.ids = torch.tensor(list(bias.keys()))
+        self.values = torch.tensor(list(bias.values()))
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        scores = scores.clone()
+        scores[:, self.ids.to(scores.device)] += self.values.to(scores.device, scores.dtype)
+        return scores
+
+
+class _Halt:
+    """StoppingCriteria: stop when the client cancels or the consumer is done (stop string, gone)."""
+
+    def __init__(self, stop: threading.Event, cancel: threading.Event) -> None:
+        self.stop, self.cancel = stop, cancel
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        halt = self.stop.is_set() or self.cancel.is_set()
+        return torch.full((input_ids.shape[0],), halt, dtype=torch.bool, device=input_ids.device)
+
+
+class _QueueStreamer:
+    """A transformers streamer that hands each new token id to the consumer thread.
+
+    ``generate`` first puts the prompt, which we skip, then one tensor per step. Iterating yields the
+    ids until ``end``; a worker failure is left in ``error`` for the consumer to report.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[object] = queue.Queue()
+        self._prompt_seen = False
+        self.error: str | None = None
+
+    def put(self, value: Any) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        for token in value.reshape(-1).tolist():
+            self._queue.put(int(token))
+
+    def end(self) -> None:
+        self._queue.put(_END)
+
+    def __iter__(self) -> Iterator[int]:
+        while (item := self._queue.get()) is not _END:
+            yield item  # type: ignore[misc]
+
+
+class _Detokenizer:
+    """Incremental decoding that emits only whole characters.
+
+    Byte-level tokens can split a UTF-8 character; decoding a window of recent tokens and holding back
+    text that ends in U+FFFD (an incomplete character) gives the same text as decoding everything at
+    the end, at O(window) per token instead of O(n).
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self._ids: list[int] = []
+        self._prefix = 0  # window start: tokens before it are already fully emitted
+        self._read = 0  # tokens whose text has been emitted
+
+    def _decode(self, ids: list[int]) -> str:
+        return self._tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def push(self, token: int) -> str:
+        self._ids.append(token)
+        done = self._decode(self._ids[self._prefix : self._read])
+        text = self._decode(self._ids[self._prefix :])
+        if len(text) <= len(done) or text.endswith("\ufffd"):
+            return ""
+        self._prefix, self._read = self._read, len(self._ids)
+        return text[len(done) :]
+
+    def flush(self) -> str:
+        done = self._decode(self._ids[self._prefix : self._read])
+        text = self._decode(self._ids[self._prefix :])
+        self._prefix = self._read = len(self._ids)
+        return text[len(done) :]
