@@ -183,7 +183,8 @@ class LlamaCppBackend:
                 if produced < max_tokens:
                     self._eval([token])
         if reason != "cancelled" and not matcher.stopped:
-            tail = matcher.feed(decoder.decode(b"", final=True)) + matcher.flush()
+            # Bytes of a character cut off by max_tokens are dropped, as llama-cpp-python does.
+            tail = matcher.flush()
             if tail:
                 yield TokenEvent(text=tail, token_ids=tuple(pending))
         end = time.perf_counter()

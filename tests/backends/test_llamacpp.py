@@ -107,6 +107,15 @@ def test_greedy_text_equals_create_chat_completion(backend: llamacpp.LlamaCppBac
     assert sum(len(e.token_ids) for e in events if isinstance(e, TokenEvent)) == 32
 
 
+def test_multibyte_characters_are_emitted_whole(backend: llamacpp.LlamaCppBackend, reference: Any) -> None:
+    messages = [{"role": "user", "content": "Say café, naïve and 日本語."}]
+    events = generate(backend, messages, temperature=0, max_tokens=24)
+    pieces = [e for e in events if isinstance(e, TokenEvent)]
+    assert any(len(e.token_ids) > 1 for e in pieces)  # a character spread over several tokens waited for all
+    assert all("\ufffd" not in e.text for e in pieces)
+    assert "".join(e.text for e in pieces) == reference_text(reference, messages, 24)
+
+
 def test_the_same_request_twice_gives_the_same_greedy_text(backend: llamacpp.LlamaCppBackend) -> None:
     first = collect(generate(backend, MESSAGES, temperature=0, max_tokens=16))[0]
     assert collect(generate(backend, MESSAGES, temperature=0, max_tokens=16))[0] == first
