@@ -115,7 +115,7 @@ def _check_model_dir(directory: Path, options: EngineOptions) -> bool:
             f"{directory.name} ships its own Python code (config.json auto_map)",
             hint="pass --trust-remote-code if you trust this ModelKit",
         )
-    if any(directory.glob(f"*{s}") for s in SAFETENSORS_SUFFIXES):
+    if any(True for s in SAFETENSORS_SUFFIXES for _ in directory.glob(f"*{s}")):
         return True
     pickles = sorted(p.name for s in PICKLE_SUFFIXES for p in directory.glob(f"*{s}"))
     if not pickles:
