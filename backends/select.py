@@ -251,7 +251,8 @@ def _llama_device(
     gpu_name = "metal" if hw.metal else ("cuda:0" if hw.cuda else "gpu")
     if device is None:
         if not hw.llama_gpu_offload:
-            reasons.append(f"llama.cpp runs on the CPU: {hw.describe()}, or its build has no GPU support")
+            why = "the installed llama-cpp-python has no GPU support" if hw.cuda else hw.describe()
+            reasons.append(f"llama.cpp runs on the CPU: {why}")
             return "cpu", 0
         device = gpu_name
     device = device.strip().lower()
