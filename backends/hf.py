@@ -500,7 +500,8 @@ class _Detokenizer:
         return text[len(done) :]
 
     def flush(self) -> str:
+        """What is left at the end; a character cut off by max_tokens is dropped, as llama.cpp does."""
         done = self._decode(self._ids[self._prefix : self._read])
         text = self._decode(self._ids[self._prefix :])
         self._prefix = self._read = len(self._ids)
-        return text[len(done) :]
+        return text[len(done) :].removesuffix("\ufffd")
