@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from backends.base import Backend
-from backends.select import BackendChoice, EngineOptions, choose_backend
+from backends.select import BackendChoice, EngineOptions, PartInfo, choose_backend
 from devserver.errors import BackendError
 from devserver.resolve import ResolvedModelKit
 from devserver.server.config import ServedModel, ServerConfig
@@ -54,9 +54,12 @@ def engine_options(settings: Settings, parameters: Any) -> EngineOptions:
 
 def choose(resolved: ResolvedModelKit, settings: Settings, options: EngineOptions) -> BackendChoice:
     model = resolved.kitfile.model
+    parts = [PartInfo(resolved.root / p.path, p.type or None, p.name or None) for p in model.parts] if model else []
     choice = choose_backend(
         resolved.model_path,
-        model_format=model.format if model else None,
+        model_format=(model.format or None) if model else None,
+        framework=(model.framework or None) if model else None,
+        parts=parts,
         backend=settings.backend,
         device=settings.device,
         options=options,

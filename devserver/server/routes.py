@@ -47,9 +47,6 @@ async def list_models(request: Request) -> ModelList:
         "version": served.version,
         "aliases": list(served.aliases),
         "metadata": served.metadata,
-        "backend": served.metadata.get("backend"),
-        "device": served.metadata.get("device"),
-        "reasons": list(served.metadata.get("reasons", [])),
     }
     if state.loaded is not None:
         info = state.loaded.backend.info
