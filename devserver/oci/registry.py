@@ -1,19 +1,27 @@
-"""A small OCI distribution client on httpx: manifests and blobs, verified, with errors mapped once.
+"""A small OCI distribution client on httpx: manifests and blobs, verified, resumable, errors mapped once.
 
 Why not oras-py (which is installed): its retry decorator turns a closed port or an unanswerable auth
-challenge into a ~130 s hang, it does not check digests on pull, and a non-chunked upload reads the
-whole file into memory. The distribution API we need is a handful of requests, so we speak it
-directly: explicit timeouts (connect 5 s), every byte of a download hashed into the store's ingest
-writer, and every httpx error translated here into a RegistryError subclass naming the host.
+challenge into a ~130 s hang, it does not check digests on pull, it cannot resume a blob, and a
+non-chunked upload reads the whole file into memory. The distribution API we need is a handful of
+requests, so we speak it directly:
 
-Authentication is a seam: ``auth=`` takes any ``httpx.Auth`` (Basic credentials today; the token
-flow and TLS options plug in here without changing callers).
+* HTTPS by default with kit's TLS flags (``devserver.oci.tls``), plain HTTP for loopback or on request;
+* credentials from kit-dev's, kit's and Docker's files (``devserver.oci.credentials``) answering
+  Basic and Bearer challenges (``devserver.oci.auth``);
+* a 4 s connect timeout and no retry of a failed connect, so a registry that is down or unreachable
+  fails within 5 s with one line naming the host and the cause;
+* retries with backoff on 5xx and on connections dropped after they were made; a blob download
+  that drops resumes with a ``Range`` request from the bytes already in ``ingest/``;
+* every byte of a download hashed on its way into the store, 1 MiB at a time, so memory stays flat
+  whatever the blob size. The client is thread-safe: pulls fetch several blobs at once through it.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
@@ -22,20 +30,39 @@ import httpx
 
 from devserver import __version__
 from devserver.errors import AuthError, DigestMismatch, NotFoundError, RegistryError, RegistryUnreachable
+from devserver.oci.auth import RegistryAuth
+from devserver.oci.credentials import Credentials, lookup
 from devserver.oci.descriptor import OCI_IMAGE_INDEX, OCI_IMAGE_MANIFEST, Descriptor, sha256_digest
+from devserver.oci.options import RegistryOptions
 from devserver.oci.reference import default_plain_http
-from devserver.oci.store import LocalStore
+from devserver.oci.store import Download, LocalStore
+from devserver.oci.tls import tls_context, tls_error
 
-__all__ = ["DEFAULT_TIMEOUT", "MONOLITHIC_LIMIT", "ProgressFn", "RegistryClient"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "MONOLITHIC_LIMIT",
+    "RETRY_DELAYS",
+    "ProgressFn",
+    "RegistryClient",
+]
 
-DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=4.0)  # connect < 5 s: "down" must fail inside 5 s
 MONOLITHIC_LIMIT = 100 << 20  # kit's uploadChunkDefaultSize: below it one PUT, above it PATCH chunks
 MAX_MANIFEST_BYTES = 4 << 20  # the distribution spec's recommended manifest limit
+RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0)  # seconds before each retry of a 5xx or a dropped connection
+_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _ACCEPT = ", ".join([OCI_IMAGE_MANIFEST, OCI_IMAGE_INDEX, "application/vnd.docker.distribution.manifest.v2+json"])
 _READ_CHUNK = 1 << 20
+_LOOKUP = object()  # credentials= default: find them in the credential files
 
 ProgressFn = Callable[[Descriptor, int], None]
 """Called with the descriptor being transferred and the number of bytes just moved."""
+
+
+class _Dropped(RegistryUnreachable):
+    """A connection that was made and then broke, or a 5xx: worth another try, unlike a failed connect."""
 
 
 class RegistryClient:
@@ -45,21 +72,40 @@ class RegistryClient:
         self,
         registry: str,
         *,
+        options: RegistryOptions | None = None,
         plain_http: bool | None = None,
         transport: httpx.BaseTransport | None = None,
         auth: httpx.Auth | tuple[str, str] | None = None,
+        credentials: Credentials | object | None = _LOOKUP,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         monolithic_limit: int = MONOLITHIC_LIMIT,
+        retry_delays: Sequence[float] = RETRY_DELAYS,
     ) -> None:
+        options = options or RegistryOptions()
         self.registry = registry
-        self.plain_http = default_plain_http(registry) if plain_http is None else plain_http
+        chosen = plain_http if plain_http is not None else options.plain_http
+        self.plain_http = default_plain_http(registry) if chosen is None else chosen
         self.monolithic_limit = monolithic_limit
-        scheme = "http" if self.plain_http else "https"
+        self.retry_delays = tuple(retry_delays)
+        if auth is None:
+            creds = lookup(registry) if credentials is _LOOKUP else credentials
+            auth = RegistryAuth(registry, creds)  # type: ignore[arg-type]
+        verify: Any = True
+        if not self.plain_http:
+            verify = tls_context(
+                tls_verify=options.tls_verify,
+                ca_files=options.ca_files,
+                client_cert=options.client_cert,
+                client_key=options.client_key,
+            )
+        pool = max(options.concurrency, 1) + 2
         self._client = httpx.Client(
-            base_url=f"{scheme}://{registry}",
+            base_url=f"{'http' if self.plain_http else 'https'}://{registry}",
             transport=transport,
             auth=auth,
+            verify=verify,
             timeout=timeout,
+            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
             follow_redirects=True,
             headers={"User-Agent": f"kit-dev/{__version__}"},
         )
@@ -77,6 +123,9 @@ class RegistryClient:
 
     def get_manifest(self, repository: str, tag_or_digest: str) -> tuple[bytes, str, str]:
         """Fetch a manifest: ``(bytes, media type, digest)``; the digest is checked when we know it."""
+        return self._retrying(lambda: self._get_manifest_once(repository, tag_or_digest))
+
+    def _get_manifest_once(self, repository: str, tag_or_digest: str) -> tuple[bytes, str, str]:
         what = f"manifest {repository}:{tag_or_digest}"
         with self._request("GET", f"/v2/{repository}/manifests/{tag_or_digest}", what, accept=_ACCEPT) as resp:
             body = bytearray()
@@ -114,19 +163,48 @@ class RegistryClient:
     def fetch_blob(
         self, repository: str, descriptor: Descriptor, store: LocalStore, *, progress: ProgressFn | None = None
     ) -> bool:
-        """Stream a blob into ``store``, verified; return False when the store already had it."""
-        if store.has_blob(descriptor.digest):
-            return False
+        """Stream a blob into ``store``, verified; return False when the store already had it.
+
+        The partial file in ``ingest/`` survives an interruption (this process's or an earlier one's)
+        and the next attempt asks only for the missing bytes. Other processes pulling the same blob
+        wait on its lock and then find it committed, so each blob crosses the network once.
+        """
+        with store.download(descriptor.digest, descriptor.size) as download:
+            if download.present:
+                return False
+            if download.offset and progress is not None:
+                progress(descriptor, download.offset)
+            delays = list(self.retry_delays)
+            while True:
+                before = download.offset
+                try:
+                    self._fetch_into(repository, descriptor, download, progress)
+                    break
+                except _Dropped as exc:
+                    if download.offset > before:
+                        delays = list(self.retry_delays)  # progress was made: a fresh budget of retries
+                    if not delays:
+                        raise
+                    delay = delays.pop(0)
+                    log.info("%s; resuming at byte %d in %.2fs", exc.message, download.offset, delay)
+                    time.sleep(delay)
+            download.commit()
+        return True
+
+    def _fetch_into(
+        self, repository: str, descriptor: Descriptor, download: Download, progress: ProgressFn | None
+    ) -> None:
+        if download.offset >= descriptor.size:
+            return  # everything is on disk already; commit verifies it
         what = f"blob {descriptor.digest}"
-        with (
-            self._request("GET", f"/v2/{repository}/blobs/{descriptor.digest}", what) as resp,
-            store.ingest(descriptor.digest, descriptor.size) as writer,
-        ):
+        headers = {"Range": f"bytes={download.offset}-"} if download.offset else {}
+        with self._request("GET", f"/v2/{repository}/blobs/{descriptor.digest}", what, headers=headers) as resp:
+            if download.offset and not _range_honoured(resp, download.offset):
+                download.reset()  # the registry sent the whole blob: start over
             for chunk in resp.iter_bytes(_READ_CHUNK):
-                writer.write(chunk)
+                download.write(chunk)
                 if progress is not None:
                     progress(descriptor, len(chunk))
-        return True
 
     def push_blob(
         self, repository: str, path: Path, descriptor: Descriptor, *, progress: ProgressFn | None = None
@@ -164,6 +242,17 @@ class RegistryClient:
 
     # -- plumbing ----------------------------------------------------------------------------
 
+    def _retrying(self, call: Callable[[], Any]) -> Any:
+        """Run a whole small exchange again after a drop (a manifest whose body broke off)."""
+        delays = list(self.retry_delays)
+        while True:
+            try:
+                return call()
+            except _Dropped:
+                if not delays:
+                    raise
+                time.sleep(delays.pop(0))
+
     def _location(self, resp: httpx.Response, what: str) -> str:
         location = resp.headers.get("Location")
         if not location:
@@ -181,22 +270,58 @@ class RegistryClient:
         headers: dict[str, str] | None = None,
         content: Any = None,
     ) -> Iterator[httpx.Response]:
-        """Send one request, streamed; translate transport errors and error statuses once, here."""
+        """Send one request, streamed; retry what is safe to retry; translate errors once, here.
+
+        A request is sent again after a 5xx or a dropped connection when its body can be replayed
+        (none, or bytes). A failed connect is never retried: that is the registry being down, and
+        the user should hear so within seconds. Errors while the caller reads the body become
+        ``_Dropped`` so the caller can resume.
+        """
         all_headers = dict(headers or {})
         if accept:
             all_headers["Accept"] = accept
-        try:
-            with self._client.stream(method, url, headers=all_headers, content=content) as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    raise self._status_error(resp, what)
-                yield resp
-        except httpx.TimeoutException as exc:
-            cause = str(exc) or type(exc).__name__
-            raise RegistryUnreachable(f"registry {self.registry} timed out ({what}): {cause}") from exc
-        except httpx.TransportError as exc:
-            cause = str(exc) or type(exc).__name__
-            raise RegistryUnreachable(f"cannot reach registry {self.registry} ({what}): {cause}") from exc
+        replayable = content is None or isinstance(content, bytes)
+        delays = list(self.retry_delays) if replayable else []
+        while True:
+            with contextlib.ExitStack() as stack:
+                try:
+                    resp = stack.enter_context(
+                        self._client.stream(method, url, headers=all_headers, content=content)
+                    )
+                    if resp.status_code in _RETRY_STATUSES and delays:
+                        log.info("%s on %s: HTTP %d, retrying", what, self.registry, resp.status_code)
+                        time.sleep(delays.pop(0))
+                        continue
+                    if resp.status_code >= 400:
+                        resp.read()
+                        error = self._status_error(resp, what)
+                        if resp.status_code in _RETRY_STATUSES:
+                            raise _Dropped(error.message) from None
+                        raise error
+                except httpx.TransportError as exc:
+                    connect = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+                    if delays and not connect:
+                        time.sleep(delays.pop(0))
+                        continue
+                    raise self._transport_error(exc, what, dropped=not connect) from exc
+                try:
+                    yield resp
+                except httpx.TransportError as exc:
+                    raise self._transport_error(exc, what, dropped=True) from exc
+                return
+
+    def _transport_error(self, exc: httpx.TransportError, what: str, *, dropped: bool) -> RegistryError:
+        tls = tls_error(exc, self.registry)
+        if tls is not None:
+            return tls
+        cause = " ".join((str(exc) or type(exc).__name__).split())
+        if isinstance(exc, httpx.TimeoutException):
+            message = f"registry {self.registry} timed out ({what}): {cause}"
+        elif dropped:
+            message = f"registry {self.registry} dropped the connection ({what}): {cause}"
+        else:
+            message = f"cannot reach registry {self.registry} ({what}): {cause}"
+        return _Dropped(message) if dropped else RegistryUnreachable(message)
 
     def _status_error(self, resp: httpx.Response, what: str) -> RegistryError:
         detail = _error_detail(resp)
@@ -206,6 +331,14 @@ class RegistryClient:
         if resp.status_code == 404:
             return NotFoundError(message)
         return RegistryError(message)
+
+
+def _range_honoured(resp: httpx.Response, offset: int) -> bool:
+    """Whether a response to ``Range: bytes=offset-`` really starts at ``offset``."""
+    if resp.status_code != 206:
+        return False
+    content_range = resp.headers.get("Content-Range", "")
+    return content_range.startswith(f"bytes {offset}-")
 
 
 def _error_detail(resp: httpx.Response) -> str:

@@ -5,12 +5,19 @@ Layout (readable by any OCI tool)::
     root/oci-layout                 {"imageLayoutVersion": "1.0.0"}
     root/index.json                 manifests, each tagged with the full reference it was stored as
     root/blobs/sha256/<hex>         committed content, read-only (0444)
-    root/ingest/<hex>_<random>      writes in progress; never read as content
+    root/ingest/<hex>               a download in progress, kept across interruptions to be resumed
+    root/locks/<hex>.lock           held while one process downloads that blob
+    root/ingest/new_<random>        a pack writing a blob whose digest is known only at the end
     root/unpacked/<hex>/            materialized ModelKits (see devserver.modelkit.materialize)
 
 Content becomes visible only by an ``os.replace`` after its size and sha256 have been checked while
 it was written (containerd's writer, oras-go's ``ingest``), so a crash or a bad download leaves at
 most a stray file in ``ingest/``. ``index.json`` changes under a file lock and via temp + replace.
+
+Downloads are resumable (containerd's ingest, kit's ``ingest/<hex>``): the partial file keeps its
+name across runs, and reopening it re-hashes the bytes already there so that the download continues
+with a ``Range`` request. A per-blob file lock makes a second process wait for the first and then
+find the blob committed, instead of fetching it again.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from devserver.errors import CacheError, DigestMismatch
 from devserver.oci.descriptor import ANNOTATION_REF_NAME, OCI_IMAGE_MANIFEST, Descriptor, digest_hex
 from devserver.oci.reference import Reference
 
-__all__ = ["BlobWriter", "LocalStore"]
+__all__ = ["BlobWriter", "Download", "LocalStore"]
 
 _CHUNK = 1 << 20
 
@@ -138,13 +145,97 @@ class BlobWriter:
             self.abort()
 
 
+class Download:
+    """A resumable download of one blob into ``ingest/<hex>``, held under that blob's file lock.
+
+    Enter it to take the lock; ``present`` then says another process already committed the blob.
+    ``offset`` bytes are on disk (and hashed) already. ``commit`` verifies size and digest and
+    publishes; wrong bytes are deleted at once, so nothing of them is ever visible. Leaving without
+    commit keeps the partial file for the next attempt.
+    """
+
+    def __init__(self, store: LocalStore, digest: str, size: int) -> None:
+        self._store = store
+        self.digest = digest
+        self.size = size
+        self.path = store.root / "ingest" / digest_hex(digest)
+        self._lock = FileLock(str(store.root / "locks" / f"{self.path.name}.lock"))
+        self._hash = hashlib.sha256()
+        self.offset = 0
+        self.present = False
+        self._file: Any = None
+
+    def __enter__(self) -> Download:
+        self._lock.acquire()
+        try:
+            self.present = self._store.has_blob(self.digest)
+            if not self.present:
+                self._open()
+        except BaseException:
+            self._lock.release()
+            raise
+        return self
+
+    def _open(self) -> None:
+        self._file = self.path.open("ab+")
+        self._file.seek(0)
+        while chunk := self._file.read(_CHUNK):
+            self._hash.update(chunk)
+            self.offset += len(chunk)
+        if self.offset > self.size:  # a stale partial that cannot be this blob
+            self.reset()
+
+    def reset(self) -> None:
+        """Throw away the partial bytes (the server ignored our Range)."""
+        self._file.seek(0)
+        self._file.truncate()
+        self._hash = hashlib.sha256()
+        self.offset = 0
+
+    def write(self, data: bytes) -> None:
+        if self.offset + len(data) > self.size:
+            self._discard()
+            raise DigestMismatch(f"{self.digest}: the registry sent more than the expected {self.size} bytes")
+        self._file.write(data)
+        self._hash.update(data)
+        self.offset += len(data)
+
+    def commit(self) -> None:
+        """Verify and publish; on a mismatch delete the partial file and raise DigestMismatch."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        actual = "sha256:" + self._hash.hexdigest()
+        if self.offset != self.size or actual != self.digest:
+            self._discard()
+            raise DigestMismatch(
+                f"downloaded file hash does not match descriptor: expected {self.digest} ({self.size} bytes), "
+                f"got {actual} ({self.offset} bytes)"
+            )
+        self._file.close()
+        os.chmod(self.path, 0o444)
+        os.replace(self.path, self._store.blob_path(self.digest))
+        _fsync_dir(self.path.parent)
+        self.present = True
+
+    def _discard(self) -> None:
+        self._file.close()
+        self.path.unlink(missing_ok=True)
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._file is not None and not self._file.closed:
+                self._file.close()
+        finally:
+            self._lock.release()
+
+
 class LocalStore:
     """An OCI image layout on disk that kit-dev pulls into, packs into and materializes from."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         try:
-            for sub in ("blobs/sha256", "ingest", "unpacked"):
+            for sub in ("blobs/sha256", "ingest", "locks", "unpacked"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
             layout = self.root / "oci-layout"
             if not layout.exists():
@@ -168,6 +259,46 @@ class LocalStore:
     def ingest(self, digest: str, size: int) -> BlobWriter:
         """A writer for a blob whose digest and size are known (a download)."""
         return BlobWriter(self, digest, size)
+
+    def download(self, digest: str, size: int) -> Download:
+        """A resumable, locked download of a blob from a registry (use as a context manager)."""
+        return Download(self, digest, size)
+
+    def verify_blob(self, digest: str, size: int) -> bool:
+        """Re-hash a committed blob; a corrupt one is deleted (so it is fetched again) and False returned."""
+        path = self.blob_path(digest)
+        hasher = hashlib.sha256()
+        length = 0
+        try:
+            with path.open("rb") as f:
+                while chunk := f.read(_CHUNK):
+                    hasher.update(chunk)
+                    length += len(chunk)
+        except FileNotFoundError:
+            return False
+        if length == size and "sha256:" + hasher.hexdigest() == digest:
+            return True
+        path.unlink(missing_ok=True)
+        return False
+
+    def delete_blob(self, digest: str) -> None:
+        self.blob_path(digest).unlink(missing_ok=True)
+
+    def blobs(self) -> list[str]:
+        """Every committed blob's digest."""
+        return ["sha256:" + p.name for p in (self.root / "blobs" / "sha256").iterdir() if len(p.name) == 64]
+
+    def remove_reference(self, ref_name: str) -> list[Descriptor]:
+        """Drop index entries recorded under ``ref_name`` (or, for a digest, with that digest)."""
+        with self._index_lock():
+            index = self._read_index()
+            kept, removed = [], []
+            for m in index["manifests"]:
+                name = (m.get("annotations") or {}).get(ANNOTATION_REF_NAME)
+                (removed if ref_name in (name, m.get("digest")) else kept).append(m)
+            index["manifests"] = kept
+            _write_atomic(self._index_path, json.dumps(index, indent=2).encode())
+        return [Descriptor.from_json(m) for m in removed]
 
     def new_blob(self) -> BlobWriter:
         """A writer for a blob whose digest is known only at the end (pack)."""
