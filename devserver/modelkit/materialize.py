@@ -4,6 +4,11 @@ Backends need plain files at the Kitfile's paths. The layers are unpacked into a
 directory and renamed into place only when every layer unpacked and every blob re-hashed to its
 digest (the store's files could have been altered on disk since they were verified on the way in),
 so the per-digest directory is either complete or absent, and a second call just reuses it.
+
+A ModelKit whose ``model.path`` names another ModelKit is materialized together with its parents:
+their model and parts land in the same directory first, as kit's unpack does. Blobs are read from a
+``BlobSource``: kit-dev's store, or kit's own local storage (``devserver.oci.kitstore``), so a
+ModelKit already in kit's storage is served without copying it and without the network.
 """
 
 from __future__ import annotations
@@ -12,18 +17,17 @@ import hashlib
 import os
 import secrets
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import BinaryIO, Literal
 
 from devserver.errors import CacheError, DigestMismatch
-from devserver.modelkit.kitfile import Kitfile
-from devserver.modelkit.layers import match_layers, parse_manifest, serving_layers
+from devserver.modelkit.layers import MatchedLayer, match_layers, parse_manifest, read_kitfile, serving_layers
 from devserver.modelkit.unpack import unpack_layer
 from devserver.oci.descriptor import Descriptor
-from devserver.oci.store import LocalStore
+from devserver.oci.store import BlobSource, LocalStore
 
-__all__ = ["materialize"]
+__all__ = ["extract_layers", "matched_layers", "materialize"]
 
 _MARKER = ".kit-dev-layers"
 
@@ -49,42 +53,74 @@ class _VerifyingReader:
         if digest != descriptor.digest or self.size != descriptor.size:
             raise DigestMismatch(
                 f"cached blob {descriptor.digest} is corrupt (got {digest}, {self.size} bytes)",
-                hint="remove it from the cache and pull again",
+                hint="pull it again: kit-dev discards a corrupt blob and fetches it anew",
             )
 
 
-def materialize(store: LocalStore, manifest_digest: str, *, layers: Literal["serving", "all"] = "serving") -> Path:
-    """Unpack the ModelKit's model + parts (or every layer) and return the directory holding them."""
+def matched_layers(source: BlobSource, manifest_digest: str) -> list[MatchedLayer]:
+    """Every Kitfile entry of a stored ModelKit with its layer."""
+    manifest = parse_manifest(source.read_blob(manifest_digest))
+    return match_layers(manifest, read_kitfile(manifest, source.read_blob(manifest.config.digest)))
+
+
+def extract_layers(
+    source: BlobSource, layers: Iterable[MatchedLayer], target: Path, *, overwrite: bool = False
+) -> None:
+    """Unpack ``layers`` into ``target``, each blob verified as it is read; legacy layers into their parent."""
+    seen: set[tuple[str, str]] = set()
+    for layer in layers:
+        key = (layer.descriptor.digest, layer.extract_into)
+        if key in seen:
+            continue
+        seen.add(key)
+        descriptor = layer.descriptor
+        if not source.has_blob(descriptor.digest):
+            raise CacheError(f"layer {descriptor.digest} ({layer.kind} {layer.path}) is not in the cache",
+                             hint="pull the ModelKit again")  # fmt: skip
+        with source.open_blob(descriptor.digest) as raw:
+            reader = _VerifyingReader(raw)
+            unpack_layer(
+                reader,  # type: ignore[arg-type]
+                descriptor.media_type,
+                target / layer.extract_into,
+                annotations=layer.annotations,
+                overwrite=overwrite,
+            )
+            reader.verify(descriptor)
+
+
+def materialize(
+    store: LocalStore,
+    manifest_digest: str,
+    *,
+    layers: Literal["serving", "all"] = "serving",
+    source: BlobSource | None = None,
+    parents: Sequence[tuple[BlobSource, str]] = (),
+) -> Path:
+    """Unpack the ModelKit's model + parts (or every layer) and return the directory holding them.
+
+    ``source`` holds the blobs (default: ``store``); ``parents`` are the (source, manifest digest) of
+    the ModelKits its ``model.path`` chain names, nearest last; their model and parts come first.
+    """
+    source = source or store
     target = store.unpacked_dir(manifest_digest)
     marker = target / _MARKER
     if marker.is_file() and marker.read_text() in ("all", layers):
         return target
-    manifest = parse_manifest(store.read_blob(manifest_digest))
-    config = Kitfile.from_config_json(store.read_blob(manifest.config.digest))
-    matched = match_layers(manifest, config)
-    selected = serving_layers(matched) if layers == "serving" else matched
     staging = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
     try:
         staging.mkdir()
-        for descriptor in _unique(m.descriptor for m in selected):
-            if not store.has_blob(descriptor.digest):
-                raise CacheError(f"layer {descriptor.digest} is not in the cache; pull the ModelKit again")
-            with store.open_blob(descriptor.digest) as raw:
-                reader = _VerifyingReader(raw)
-                unpack_layer(reader, descriptor.media_type, staging, annotations=descriptor.annotations)  # type: ignore[arg-type]
-                reader.verify(descriptor)
+        for parent_source, parent_digest in parents:
+            extract_layers(parent_source, serving_layers(matched_layers(parent_source, parent_digest)), staging,
+                           overwrite=True)  # fmt: skip
+        matched = matched_layers(source, manifest_digest)
+        extract_layers(source, serving_layers(matched) if layers == "serving" else matched, staging,
+                       overwrite=bool(parents))  # fmt: skip
         (staging / _MARKER).write_text(layers)
         _publish(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-def _unique(descriptors: Iterable[Descriptor]) -> list[Descriptor]:
-    seen: dict[str, Descriptor] = {}
-    for d in descriptors:
-        seen.setdefault(d.digest, d)
-    return list(seen.values())
 
 
 def _publish(staging: Path, target: Path) -> None:

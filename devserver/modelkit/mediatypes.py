@@ -22,7 +22,9 @@ __all__ = [
     "ANNOTATION_KITFILE",
     "ANNOTATION_LAYER_SUBTYPE",
     "ANNOTATION_REF_NAME",
+    "ARTIFACT_TYPE_KIT_INDEX",
     "ARTIFACT_TYPE_KIT_MANIFEST",
+    "ARTIFACT_TYPE_MODELPACK",
     "BASE_CODE",
     "BASE_DATASET",
     "BASE_DOCS",
@@ -30,6 +32,7 @@ __all__ = [
     "BASE_MODEL",
     "BASE_MODELPART",
     "MEDIA_TYPE_KIT_CONFIG",
+    "MEDIA_TYPE_MODELPACK_CONFIG",
     "OCI_IMAGE_INDEX",
     "OCI_IMAGE_MANIFEST",
     "LayerMediaType",
@@ -39,6 +42,9 @@ __all__ = [
 
 MEDIA_TYPE_KIT_CONFIG = "application/vnd.kitops.modelkit.config.v1+json"
 ARTIFACT_TYPE_KIT_MANIFEST = "application/vnd.kitops.modelkit.manifest.v1+json"
+ARTIFACT_TYPE_KIT_INDEX = "application/vnd.kitops.modelkit.index.v1+json"
+MEDIA_TYPE_MODELPACK_CONFIG = "application/vnd.cncf.model.config.v1+json"
+ARTIFACT_TYPE_MODELPACK = "application/vnd.cncf.model.manifest.v1+json"
 
 BASE_MODEL = "model"
 BASE_MODELPART = "modelpart"
@@ -59,6 +65,17 @@ Compression = Literal["none", "gzip", "zstd"]
 
 _KIT_LAYER = re.compile(r"^application/vnd\.kitops\.modelkit\.(\w+)\.v1\.(\w+)(?:\+(\w+))?$")
 _BASES = frozenset({BASE_MODEL, BASE_MODELPART, BASE_DATASET, BASE_CODE, BASE_DOCS, BASE_MCPB})
+# CNCF ModelPack layers: application/vnd.cncf.model.<base>.v1.<raw|tar>[+gzip|+zstd], read as kit's kinds.
+_MODELPACK_LAYER = re.compile(
+    r"^application/vnd\.cncf\.model\.(weight\.config|weight|doc|dataset|code)\.v1\.(\w+)(?:\+(\w+))?$"
+)
+MODELPACK_BASES = {
+    "weight": BASE_MODEL,
+    "weight.config": BASE_MODELPART,
+    "doc": BASE_DOCS,
+    "dataset": BASE_DATASET,
+    "code": BASE_CODE,
+}
 
 
 @dataclass(frozen=True)
@@ -80,11 +97,19 @@ def layer_media_type(base: str, format: Format = "tar", compression: Compression
 
 
 def parse_layer_media_type(media_type: str) -> LayerMediaType:
-    """Split a kit layer media type; anything else is not a ModelKit layer we can read."""
+    """Split a kit (or CNCF ModelPack) layer media type; anything else is not a layer we can read.
+
+    A ModelPack type comes back with kit's base for the same kind (``weight`` → ``model``).
+    """
     match = _KIT_LAYER.match(media_type)
     if match is None:
-        raise ModelKitError(f"not a ModelKit layer media type: {media_type!r}")
-    base, fmt, compression = match.group(1), match.group(2), match.group(3) or "none"
+        match = _MODELPACK_LAYER.match(media_type)
+        if match is None:
+            raise ModelKitError(f"not a ModelKit layer media type: {media_type!r}")
+        base = MODELPACK_BASES[match.group(1)]
+    else:
+        base = match.group(1)
+    fmt, compression = match.group(2), match.group(3) or "none"
     if base not in _BASES:
         raise ModelKitError(f"unknown ModelKit layer kind {base!r} in {media_type!r}")
     if fmt not in ("tar", "raw"):

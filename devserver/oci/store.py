@@ -30,7 +30,7 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO, Protocol
 
 from filelock import FileLock
 
@@ -38,7 +38,7 @@ from devserver.errors import CacheError, DigestMismatch
 from devserver.oci.descriptor import ANNOTATION_REF_NAME, OCI_IMAGE_MANIFEST, Descriptor, digest_hex
 from devserver.oci.reference import Reference
 
-__all__ = ["BlobWriter", "Download", "LocalStore"]
+__all__ = ["BlobSource", "BlobWriter", "Download", "LocalStore"]
 
 _CHUNK = 1 << 20
 
@@ -63,6 +63,16 @@ def _write_atomic(path: Path, data: bytes) -> None:
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
+
+
+class BlobSource(Protocol):
+    """Read access to committed blobs: kit-dev's store, or kit's local storage."""
+
+    def has_blob(self, digest: str) -> bool: ...
+
+    def read_blob(self, digest: str) -> bytes: ...
+
+    def open_blob(self, digest: str) -> BinaryIO: ...
 
 
 class BlobWriter:
@@ -323,7 +333,7 @@ class LocalStore:
         except FileNotFoundError as exc:
             raise CacheError(f"blob {digest} is not in the cache at {self.root}") from exc
 
-    def open_blob(self, digest: str) -> Any:
+    def open_blob(self, digest: str) -> BinaryIO:
         """A binary file object for streaming a blob."""
         try:
             return self.blob_path(digest).open("rb")

@@ -29,13 +29,28 @@ def test_parse_round_trips(media_type: str, expected: tuple[str, str, str]) -> N
         "application/vnd.kitops.modelkit.model.v1.tar+brotli",
         "application/vnd.kitops.modelkit.weights.v1.tar",
         "application/vnd.jozu.model.content.v1.tar+gzip",  # pre-release names, never emitted by kit
-        "application/vnd.cncf.model.weight.v1.tar",
+        "application/vnd.cncf.model.weights.v1.tar",
         "application/vnd.kitops.modelkit.model.v1.tar trailing",
     ],
 )
 def test_parse_refuses_other_types(media_type: str) -> None:
     with pytest.raises(ModelKitError):
         mt.parse_layer_media_type(media_type)
+
+
+@pytest.mark.parametrize(
+    ("media_type", "base", "fmt", "compression"),
+    [
+        ("application/vnd.cncf.model.weight.v1.raw", "model", "raw", "none"),
+        ("application/vnd.cncf.model.weight.config.v1.tar", "modelpart", "tar", "none"),
+        ("application/vnd.cncf.model.doc.v1.tar+gzip", "docs", "tar", "gzip"),
+        ("application/vnd.cncf.model.dataset.v1.tar+zstd", "dataset", "tar", "zstd"),
+        ("application/vnd.cncf.model.code.v1.tar", "code", "tar", "none"),
+    ],
+)
+def test_modelpack_types_read_as_kit_kinds(media_type: str, base: str, fmt: str, compression: str) -> None:
+    parsed = mt.parse_layer_media_type(media_type)
+    assert (parsed.base, parsed.format, parsed.compression) == (base, fmt, compression)
 
 
 def test_constants_match_the_spec() -> None:
