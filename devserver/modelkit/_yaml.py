@@ -40,7 +40,7 @@ def _tag(node: Node) -> str:
 
 
 def _line(node: Node) -> int:
-    return node.start_mark.line + 1
+    return node.start_mark.line + 1 if node.start_mark is not None else 0  # 0: a node the dialect reader made
 
 
 def _describe(node: Node) -> str:
@@ -63,6 +63,10 @@ class StrictDecoder:
             root = self._yaml.compose(text)
         except YAMLError as exc:
             raise KitfileError(f"invalid Kitfile YAML: {' '.join(str(exc).split())}") from exc
+        return self.decode_node(root, model)
+
+    def decode_node(self, root: Node | None, model: type[BaseModel]) -> BaseModel:
+        """Decode an already composed node tree (the older-dialect reader rewrites one first)."""
         if root is None:  # yaml.v3 decodes an empty document into the zero value
             return model.model_validate({})
         result = self._struct(root, model)

@@ -21,6 +21,7 @@ __all__ = [
     "ANNOTATION_FILE_METADATA",
     "ANNOTATION_KITFILE",
     "ANNOTATION_LAYER_SUBTYPE",
+    "ANNOTATION_METADATA",
     "ANNOTATION_REF_NAME",
     "ARTIFACT_TYPE_KIT_INDEX",
     "ARTIFACT_TYPE_KIT_MANIFEST",
@@ -55,6 +56,8 @@ BASE_MCPB = "mcpb"
 
 ANNOTATION_CLI_VERSION = "ml.kitops.modelkit.cli-version"
 ANNOTATION_KITFILE = "ml.kitops.modelkit.kitfile"
+# kit-dev's own: an older-dialect Kitfile's top-level metadata, as JSON (kit has no place for it).
+ANNOTATION_METADATA = "dev.kit-dev.metadata"
 ANNOTATION_LAYER_SUBTYPE = "ml.kitops.modelkit.layer-subtype"
 ANNOTATION_CREATED = "org.opencontainers.image.created"
 ANNOTATION_FILEPATH = "org.cncf.model.filepath"

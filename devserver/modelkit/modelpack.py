@@ -54,4 +54,3 @@ def kitfile_from_modelpack(manifest: dict[str, Any], config: dict[str, Any] | No
 
 def _at(values: list[Any], position: int) -> str:
     return str(values[position]) if position < len(values) else ""
-

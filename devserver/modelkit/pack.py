@@ -20,7 +20,8 @@ from devserver import __version__
 from devserver.errors import KitfileError
 from devserver.modelkit import _gojson, mediatypes
 from devserver.modelkit._tar import GoTarWriter
-from devserver.modelkit.kitfile import Entry, Kitfile, find_kitfile, is_modelkit_reference, load_kitfile
+from devserver.modelkit.dialect import load_any_kitfile
+from devserver.modelkit.kitfile import Entry, Kitfile, find_kitfile
 from devserver.modelkit.kitignore import IgnoreRules, read_ignore_patterns
 from devserver.oci.descriptor import OCI_IMAGE_MANIFEST, Descriptor, sha256_digest
 from devserver.oci.reference import DEFAULT_REGISTRY, Reference
@@ -41,6 +42,7 @@ class PackResult:
     config_descriptor: Descriptor
     layers: list[Descriptor]
     reference: Reference
+    warning: str | None = None  # the older-dialect warning, for the caller to print once
 
 
 def _rel(a: str, b: str) -> str:
@@ -151,12 +153,8 @@ def pack_modelkit(
     """
     context_dir = Path(context_dir).resolve()
     kitfile_path = kitfile if kitfile is not None else find_kitfile(context_dir)
-    kit = load_kitfile(kitfile_path)
-    if kit.model is not None and is_modelkit_reference(kit.model.path):
-        raise KitfileError(
-            f"model.path {kit.model.path!r} refers to another ModelKit; kit-dev cannot pack references yet",
-            hint="unpack the parent ModelKit and point model.path at its files",
-        )
+    loaded = load_any_kitfile(kitfile_path)
+    kit = loaded.kitfile  # a model.path that names another ModelKit gets no layer: kit packs it the same way
     if kit.mcp_servers:
         raise KitfileError("mcpServers entries are not supported by kit-dev pack yet")
     entries = list(kit.entries())
@@ -172,8 +170,10 @@ def pack_modelkit(
         mediatypes.ANNOTATION_CLI_VERSION: CLI_VERSION,
         mediatypes.ANNOTATION_CREATED: _created(os.environ if environ is None else environ),
     }
+    if loaded.metadata:
+        annotations[mediatypes.ANNOTATION_METADATA] = _gojson.go_marshal(loaded.metadata).decode()
     manifest = manifest_json(config_descriptor, layers, annotations)
     if reference is None:
         reference = Reference(DEFAULT_REGISTRY, "_", None, sha256_digest(manifest))
     digest = store.put_manifest(reference, manifest)
-    return PackResult(digest, manifest, kit, config_descriptor, layers, reference)
+    return PackResult(digest, manifest, kit, config_descriptor, layers, reference, loaded.warning)

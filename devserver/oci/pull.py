@@ -1,30 +1,52 @@
-"""Pull a ModelKit from a registry into the local store: manifest → config → layers.
+"""Pull a ModelKit from a registry into the local store: manifest → config → layers → parents.
 
 Only what is asked for is fetched: with ``layers="serving"`` the config plus the model and part
-layers, never datasets, code or docs (a dev server does not need a 40 GB training set). Blobs the
-store already holds are not requested again, so a second pull costs one manifest request. The
-manifest is recorded under the reference last, once its blobs are in.
+layers, never datasets, code or docs (a dev server does not need a 40 GB training set). Blobs go
+``--concurrency`` at a time through one thread-safe client; each is streamed, hashed and resumable
+(``RegistryClient.fetch_blob``). A blob the store already holds is re-hashed instead of fetched, and
+fetched again only if it turns out corrupt. A pull that cannot fit on the disk is refused before
+the first byte moves. The manifest is recorded under the reference last, once its blobs are in.
+
+A ModelKit index is recorded as such, and the entry chosen (``index_entry``, else the first) is
+pulled. A ``model.path`` that names another ModelKit is pulled too (its model and parts), following
+the chain at most ``MAX_MODEL_REF_CHAIN`` deep and refusing cycles, as kit does.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import shutil
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Literal
 
-from devserver.errors import ModelKitError, ReferenceError_
-from devserver.modelkit.kitfile import Kitfile
-from devserver.modelkit.layers import MatchedLayer, ModelKitManifest, match_layers, parse_manifest, serving_layers
+from devserver.errors import CacheError, ModelKitError, ReferenceError_
+from devserver.modelkit.kitfile import Kitfile, is_modelkit_reference
+from devserver.modelkit.layers import (
+    IndexEntry,
+    MatchedLayer,
+    ModelKitManifest,
+    is_index,
+    match_layers,
+    parse_index,
+    parse_manifest,
+    read_kitfile,
+    serving_layers,
+)
 from devserver.oci.descriptor import OCI_IMAGE_INDEX, Descriptor
-from devserver.oci.reference import DEFAULT_REGISTRY, Reference
+from devserver.oci.options import RegistryOptions
+from devserver.oci.reference import DEFAULT_REGISTRY, Reference, parse_reference
 from devserver.oci.registry import ProgressFn, RegistryClient
 from devserver.oci.store import LocalStore
 
-__all__ = ["PulledModelKit", "pull_modelkit"]
+__all__ = ["MAX_MODEL_REF_CHAIN", "PulledModelKit", "choose_index_entry", "format_bytes", "pull_modelkit"]
+
+MAX_MODEL_REF_CHAIN = 10  # kit's MaxModelRefChain
 
 
 @dataclass(frozen=True)
 class PulledModelKit:
-    """A ModelKit now in the store: what it is, and which blobs this pull actually downloaded."""
+    """A ModelKit now in the store: what it is, and what this pull actually downloaded."""
 
     reference: Reference
     manifest_digest: str
@@ -32,6 +54,36 @@ class PulledModelKit:
     config: Kitfile
     layers: list[MatchedLayer]
     fetched: list[str]
+    fetched_bytes: int = 0
+    cache_hits: int = 0
+    parents: list[PulledModelKit] = field(default_factory=list)  # the model.path chain, nearest first
+    index: list[IndexEntry] | None = None  # the entries, when the reference named a ModelKit index
+
+
+def format_bytes(size: int) -> str:
+    """kit's FormatBytes: binary units, one decimal, rounded down (``1.0 KiB``, ``500 B``)."""
+    if size < 1024:
+        return f"{size} B"
+    value = size / 1024
+    units = ["KiB", "MiB", "GiB", "TiB", "PiB"]
+    while value >= 1024 and len(units) > 1:
+        value /= 1024
+        units.pop(0)
+    return f"{int(value * 10) / 10:.1f} {units[0]}"
+
+
+def choose_index_entry(entries: list[IndexEntry], wanted: str | None) -> IndexEntry:
+    """The entry ``wanted`` names (digest, position from 0, or a label), else the first."""
+    if not entries:
+        raise ModelKitError("the ModelKit index lists no ModelKits")
+    if wanted is None:
+        return entries[0]
+    for position, entry in enumerate(entries):
+        names = {entry.descriptor.digest, str(position), entry.label(), *map(str, entry.metadata.values())}
+        if wanted in names:
+            return entry
+    listing = "; ".join(f"{i}: {e.label()} ({e.descriptor.digest[:19]})" for i, e in enumerate(entries))
+    raise ModelKitError(f"no entry {wanted!r} in the ModelKit index (entries: {listing})")
 
 
 def pull_modelkit(
@@ -39,45 +91,106 @@ def pull_modelkit(
     store: LocalStore,
     *,
     client: RegistryClient | None = None,
+    options: RegistryOptions | None = None,
     layers: Literal["serving", "all"] = "all",
     progress: ProgressFn | None = None,
+    index_entry: str | None = None,
+    _chain: Sequence[str] = (),
 ) -> PulledModelKit:
     """Fetch ``reference`` into ``store``; ``client`` defaults to one for the reference's registry."""
     if reference.registry == DEFAULT_REGISTRY:
         raise ReferenceError_(
-            f"{reference} names no registry; kit treats 'localhost' as local-only",
+            f"registry is required when pulling: {reference} names no registry ('localhost' is kit's local-only name)",
             hint="use registry/repository:tag, e.g. localhost:5000/org/model:1",
         )
+    options = options or RegistryOptions()
     own_client = client is None
-    client = client or RegistryClient(reference.registry)
+    client = client or RegistryClient(reference.registry, options=options)
     try:
         data, media_type, digest = client.get_manifest(reference.repository, reference.tag_or_digest)
-        if media_type == OCI_IMAGE_INDEX:
-            raise ModelKitError(f"{reference} is an image index; kit-dev needs a single ModelKit manifest")
+        entries = None
+        if is_index(data, media_type):
+            entries = parse_index(data)
+            chosen = choose_index_entry(entries, index_entry)
+            store.put_manifest(reference, data, OCI_IMAGE_INDEX)
+            reference = reference.with_digest(chosen.descriptor.digest)
+            data, media_type, digest = client.get_manifest(reference.repository, chosen.descriptor.digest)
         manifest = parse_manifest(data)
-        fetched: list[str] = []
-        _fetch(client, reference, manifest.config, store, progress, fetched)
-        config = Kitfile.from_config_json(store.read_blob(manifest.config.digest))
+        job = _Job(client, reference, store, progress)
+        job.fetch([manifest.config], options.concurrency)
+        config = read_kitfile(manifest, store.read_blob(manifest.config.digest))
         matched = match_layers(manifest, config)
         wanted = [m.descriptor for m in serving_layers(matched)] if layers == "serving" else manifest.layers
-        for descriptor in wanted:
-            _fetch(client, reference, descriptor, store, progress, fetched)
+        job.fetch(wanted, options.concurrency)
         store.put_manifest(reference, data)
-        return PulledModelKit(reference, digest, manifest, config, matched, fetched)
+        parents = _pull_parents(config, store, options, progress, [*_chain, str(reference), digest])
+        return PulledModelKit(
+            reference, digest, manifest, config, matched, job.fetched, job.fetched_bytes, job.hits, parents, entries
+        )
     finally:
         if own_client:
             client.close()
 
 
-def _fetch(
-    client: RegistryClient,
-    reference: Reference,
-    descriptor: Descriptor,
-    store: LocalStore,
-    progress: ProgressFn | None,
-    fetched: list[str],
-) -> None:
-    if descriptor.digest in fetched:
-        return
-    if client.fetch_blob(reference.repository, descriptor, store, progress=progress):
-        fetched.append(descriptor.digest)
+def _pull_parents(
+    config: Kitfile, store: LocalStore, options: RegistryOptions, progress: ProgressFn | None, chain: list[str]
+) -> list[PulledModelKit]:
+    if config.model is None or not is_modelkit_reference(config.model.path):
+        return []
+    parent = parse_reference(config.model.path)
+    names = chain[0::2]
+    if str(parent) in names or (parent.digest and parent.digest in chain):
+        cycle = " -> ".join([*names, str(parent)])
+        raise ModelKitError(f"ModelKit references form a cycle: {cycle}")
+    if len(names) >= MAX_MODEL_REF_CHAIN:
+        raise ModelKitError(f"ModelKit reference chain is longer than {MAX_MODEL_REF_CHAIN}: {' -> '.join(names)}")
+    pulled = pull_modelkit(parent, store, options=options, layers="serving", progress=progress, _chain=chain)
+    return [pulled, *pulled.parents]
+
+
+class _Job:
+    """The blobs of one pull: fetched ``concurrency`` at a time, counted for the caller's statistics."""
+
+    def __init__(self, client: RegistryClient, reference: Reference, store: LocalStore, progress: ProgressFn | None):
+        self.client, self.reference, self.store, self.progress = client, reference, store, progress
+        self.fetched: list[str] = []
+        self.fetched_bytes = 0
+        self.hits = 0
+
+    def fetch(self, descriptors: list[Descriptor], concurrency: int) -> None:
+        unique = list({d.digest: d for d in descriptors}.values())
+        missing = [d for d in unique if not self._cached(d)]
+        self.hits += len(unique) - len(missing)
+        self._check_space(missing)
+        if len(missing) <= 1 or concurrency <= 1:
+            for descriptor in missing:
+                self._one(descriptor)
+            return
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="pull") as pool:
+            for future in [pool.submit(self._one, d) for d in missing]:
+                future.result()
+
+    def _cached(self, descriptor: Descriptor) -> bool:
+        """Present and intact; a corrupt cached blob is deleted here so it is fetched again."""
+        return self.store.has_blob(descriptor.digest) and self.store.verify_blob(descriptor.digest, descriptor.size)
+
+    def _one(self, descriptor: Descriptor) -> None:
+        if self.client.fetch_blob(self.reference.repository, descriptor, self.store, progress=self.progress):
+            self.fetched.append(descriptor.digest)
+            self.fetched_bytes += descriptor.size
+        else:
+            self.hits += 1
+
+    def _check_space(self, missing: list[Descriptor]) -> None:
+        partial = 0
+        for d in missing:
+            ingest = self.store.root / "ingest" / d.digest.removeprefix("sha256:")
+            partial += ingest.stat().st_size if ingest.is_file() else 0
+        needed = sum(d.size for d in missing) - partial
+        free = shutil.disk_usage(self.store.root).free
+        if needed > free:
+            raise CacheError(
+                f"not enough disk space to pull {self.reference}: it needs {format_bytes(needed)} "
+                f"({needed} bytes) more in {self.store.root}, which has {format_bytes(free)} ({free} bytes) free",
+                hint="free some space (`kit-dev prune`, `kit-dev rm REF`) or use --cache-dir on a larger disk",
+            )

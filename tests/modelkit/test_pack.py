@@ -169,10 +169,14 @@ def test_long_and_non_ascii_names_use_ustar_prefix_or_pax(tmp_path: Path) -> Non
         assert (target / name).read_text() == name
 
 
-def test_reference_model_path_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "Kitfile").write_text("manifestVersion: 1.0.0\nmodel:\n  path: jozu.ml/org/base:1\n")
-    with pytest.raises(KitfileError, match="refers to another ModelKit"):
-        pack_modelkit(tmp_path, LocalStore(tmp_path / ".store"))
+def test_reference_model_path_packs_no_model_layer(tmp_path: Path) -> None:
+    (tmp_path / "lora.gguf").write_bytes(b"adapter")
+    (tmp_path / "Kitfile").write_text(
+        "manifestVersion: 1.0.0\nmodel:\n  path: jozu.ml/org/base:1\n  parts:\n    - path: lora.gguf\n"
+    )
+    result = pack_modelkit(tmp_path, LocalStore(tmp_path / ".store"))
+    assert [d.media_type for d in result.layers] == ["application/vnd.kitops.modelkit.modelpart.v1.tar"]
+    assert result.config.model is not None and result.config.model.path == "jozu.ml/org/base:1"
 
 
 def test_missing_layer_path_is_an_error(tmp_path: Path) -> None:
