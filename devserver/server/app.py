@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -27,6 +28,7 @@ from devserver.server import routes
 from devserver.server.config import ServerConfig
 from devserver.server.errors import install_error_handlers
 from devserver.server.metrics import ServerMetrics
+from devserver.server.metrics_http import StatusCounter
 from devserver.server.state import Loaded, ServerState
 from devserver.server.worker import ModelWorker
 
@@ -40,20 +42,23 @@ def create_app(
     registry: CollectorRegistry | None = None,
 ) -> FastAPI:
     """An OpenAI-compatible app serving the model that ``load_backend`` loads (called in a thread)."""
-    state = ServerState(config=config, metrics=ServerMetrics(config.model.id, registry))
+    state = ServerState(config=config, metrics=ServerMetrics(config, registry))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loader = threading.Thread(target=_load, args=(state, load_backend), name="kitdev-loader", daemon=True)
         loader.start()
+        state.metrics.start()
         try:
             yield
         finally:
             _shutdown(state)
+            state.metrics.close()
 
     app = FastAPI(title="kit-dev", version=__version__, lifespan=lifespan)
     app.state.kitdev = state
     install_error_handlers(app)
+    app.add_middleware(StatusCounter, count=state.metrics.count_http)
     app.include_router(routes.api)
     app.include_router(routes.probes)
     _document_chat_schema(app)
@@ -63,7 +68,9 @@ def create_app(
 def _load(state: ServerState, load_backend: Callable[[], Backend]) -> None:
     backend: Backend | None = None
     try:
+        started = time.perf_counter()
         backend = load_backend()
+        load_seconds = time.perf_counter() - started
         source = state.config.chat_template or backend.chat_template
         if not source:
             raise BackendError("the model ships no chat template", hint="pass --chat-template FILE")
@@ -86,6 +93,7 @@ def _load(state: ServerState, load_backend: Callable[[], Backend]) -> None:
             return
         worker.start()
         state.metrics.watch_worker(lambda: worker.running, lambda: worker.waiting)
+        state.metrics.model_loaded(backend.info, load_seconds)
         state.loaded = Loaded(backend=backend, worker=worker, template=template)
         state.status = "ok"
     log.info("model %r loaded: %s on %s", state.config.model.id, backend.info.name, backend.info.device)

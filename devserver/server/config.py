@@ -6,6 +6,7 @@ Built by the CLI from the resolved ModelKit and the settings, then handed to ``c
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -22,6 +23,16 @@ class ServedModel:
 
 
 @dataclass(frozen=True)
+class PullStats:
+    """What getting the ModelKit onto disk cost at start-up; shown by ``/metrics`` (launch measures it)."""
+
+    seconds: float  # resolving the reference: manifest, blobs and unpacking
+    bytes: int  # downloaded from the registry; 0 when the cache held everything
+    cache_hits: int  # blobs the cache already held
+    cache_misses: int  # blobs downloaded
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     model: ServedModel
     api_key: str | None = None  # when set, /v1/* needs "Authorization: Bearer <key>"
@@ -30,3 +41,6 @@ class ServerConfig:
     chat_template: str | None = None  # overrides the model's own template (--chat-template FILE)
     metrics_compat: tuple[str, ...] = ()  # extra metric name sets to expose, e.g. ("vllm",)
     sse_ping_seconds: float = 15.0
+    pull: PullStats | None = None  # None when a local directory is served in place
+    cache_dir: Path | None = None  # the ModelKit cache whose size /metrics reports; None: not reported
+    gpu_sample_seconds: float = 1.0  # how often the background thread reads NVML

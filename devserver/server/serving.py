@@ -57,16 +57,13 @@ class ChatServing:
             raise ModelNotFound(f"the model {name!r} does not exist; this server serves {served.id!r}", param="model")
 
     async def create(self, body: bytes, http_request: Request) -> JSONResponse | EventSourceResponse:
-        tracker = RequestTracker(self._state.metrics)
-        try:
-            request = parse_chat_request(body)
-            self._check_model(request.model)
-            loaded = self._state.ready()
-            generation = await self._prepare(request, loaded)
-            job = loaded.worker.submit(generation, on_start=tracker.started)
-        except BaseException:
-            tracker.done("rejected")
-            raise
+        tracker = RequestTracker(self._state.metrics)  # a refused request is counted by its HTTP status only
+        request = parse_chat_request(body)
+        self._check_model(request.model)
+        loaded = self._state.ready()
+        generation = await self._prepare(request, loaded)
+        tracker.adapter = generation.adapter
+        job = loaded.worker.submit(generation, on_start=tracker.started)
         if request.stream:
             return EventSourceResponse(
                 self._stream(job, tracker, request),
@@ -119,7 +116,7 @@ class ChatServing:
             completed = True
         finally:
             # Also reached when sse-starlette cancels us because the client left.
-            if tracker.finish is None:
+            if not completed:
                 job.cancel()
             tracker.end(cancelled=not completed)
 

@@ -19,14 +19,15 @@ URL = "/v1/chat/completions"
 def samples(server: LiveServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     text = httpx.get(f"{server.url}/metrics").text
     return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
+        (s.name, tuple(sorted((k, v) for k, v in s.labels.items() if v))): s.value  # "" is no label, as in Prometheus
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
 
 
 def value(snapshot: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
-    return snapshot.get((name, tuple(sorted({"model": MODEL_ID, **labels}.items()))), 0.0)
+    wanted = {"model": MODEL_ID, **labels}
+    return snapshot.get((name, tuple(sorted((k, v) for k, v in wanted.items() if v))), 0.0)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -60,6 +61,7 @@ def test_full_queue_answers_429_with_retry_after(serve: ServerFactory) -> None:
     assert refused.json()["error"]["type"] == "rate_limit_error"
     snapshot = samples(server)
     assert value(snapshot, "kitdev_num_requests_running") == 1
+    assert value(snapshot, "kitdev_requests_total", status="429") == 1
     gate.set()
     running.join(10)
     queued.join(10)
@@ -80,9 +82,12 @@ def test_metrics_count_exactly_the_requests_made(serve: ServerFactory) -> None:
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
-    assert delta("kitdev_requests_total", status="stop") == 3
-    assert delta("kitdev_requests_total", status="length") == 1
-    assert delta("kitdev_requests_total", status="rejected") == 2
+    assert delta("kitdev_requests_total", status="200") == 4
+    assert delta("kitdev_requests_total", status="404") == 1
+    assert delta("kitdev_requests_total", status="400") == 1
+    assert delta("model_requests_total", model="", model_name=MODEL_ID, version="v1") == 6
+    assert delta("kitdev_request_success_total", finished_reason="stop") == 3
+    assert delta("kitdev_request_success_total", finished_reason="length") == 1
     assert delta("kitdev_generation_tokens_total") == 3 * 4 + 1
     prompt_tokens = 4  # FakeBackend counts words of "<|im_start|>user\nSay hello<|im_end|>\n<|im_start|>assistant\n"
     assert delta("kitdev_prompt_tokens_total") == 4 * prompt_tokens
@@ -103,7 +108,7 @@ def test_client_leaving_a_stream_cancels_the_generation(serve: ServerFactory) ->
         while not next(lines).startswith('data: {"id"'):
             pass
     wait_for(lambda: backend.requests and backend.requests[0].cancel.is_set())
-    wait_for(lambda: value(samples(server), "kitdev_requests_total", status="cancelled") == 1)
+    wait_for(lambda: value(samples(server), "kitdev_request_success_total", finished_reason="abort") == 1)
     assert value(samples(server), "kitdev_num_requests_running") == 0
 
 
@@ -114,7 +119,7 @@ def test_client_leaving_a_plain_request_cancels_it(serve: ServerFactory) -> None
     with contextlib.suppress(httpx.TimeoutException):
         httpx.post(server.url + URL, json=chat_body(), timeout=0.3)
     wait_for(lambda: backend.requests and backend.requests[0].cancel.is_set())
-    wait_for(lambda: value(samples(server), "kitdev_requests_total", status="cancelled") == 1)
+    wait_for(lambda: value(samples(server), "kitdev_request_success_total", finished_reason="abort") == 1)
 
 
 def test_a_queued_request_whose_client_left_is_dropped_before_it_starts(serve: ServerFactory) -> None:
@@ -126,7 +131,7 @@ def test_a_queued_request_whose_client_left_is_dropped_before_it_starts(serve: S
     with httpx.stream("POST", server.url + URL, json=chat_body(stream=True), timeout=30) as response:
         next(response.iter_lines())
         wait_for(lambda: value(samples(server), "kitdev_num_requests_waiting") == 1)
-    wait_for(lambda: value(samples(server), "kitdev_requests_total", status="cancelled") == 1)
+    wait_for(lambda: value(samples(server), "kitdev_request_success_total", finished_reason="abort") == 1)
     gate.set()
     first.join(10)
     assert httpx.post(server.url + URL, json=chat_body()).status_code == 200
