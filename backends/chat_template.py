@@ -76,6 +76,28 @@ class ChatTemplate:
         self.source = source
         self.bos_token = bos_token
         self.eos_token = eos_token
+        self.has_system_slot = self._probe_system_slot()
+        self.needs_alternation = self._probe_alternation()
+        self.renders_tools = "tools" in source
+        self.renders_tool_calls = "tool_calls" in source
+
+    def _probe_system_slot(self) -> bool:
+        """Whether a system message reaches the prompt: templates without a slot either refuse it
+        (``raise_exception``) or drop it silently; both need it folded into the first user turn."""
+        marker = "\x1fkitdev-system\x1f"
+        try:
+            prompt = self.render([{"role": "system", "content": marker}, {"role": "user", "content": "hi"}])
+        except InvalidRequest:
+            return False
+        return marker in prompt
+
+    def _probe_alternation(self) -> bool:
+        """Whether the template refuses two user turns in a row (Mistral- and Gemma-style templates)."""
+        try:
+            self.render([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
+        except InvalidRequest:
+            return True
+        return False
 
     @classmethod
     def for_backend(cls, source: str, special_tokens: Mapping[str, str]) -> ChatTemplate:

@@ -61,7 +61,7 @@ def create_app(
     app.add_middleware(StatusCounter, count=state.metrics.count_http)
     app.include_router(routes.api)
     app.include_router(routes.probes)
-    _document_chat_schema(app)
+    _document_request_schemas(app)
     return app
 
 
@@ -71,10 +71,7 @@ def _load(state: ServerState, load_backend: Callable[[], Backend]) -> None:
         started = time.perf_counter()
         backend = load_backend()
         load_seconds = time.perf_counter() - started
-        source = state.config.chat_template or backend.chat_template
-        if not source:
-            raise BackendError("the model ships no chat template", hint="pass --chat-template FILE")
-        template = ChatTemplate.for_backend(source, backend.special_tokens)
+        template = _template(state.config, backend)
         worker = ModelWorker(backend, state.config.queue_size)
     except Exception as exc:
         message = exc.one_line() if isinstance(exc, KitDevError) else f"{type(exc).__name__}: {exc}"
@@ -94,9 +91,28 @@ def _load(state: ServerState, load_backend: Callable[[], Backend]) -> None:
         worker.start()
         state.metrics.watch_worker(lambda: worker.running, lambda: worker.waiting)
         state.metrics.model_loaded(backend.info, load_seconds)
-        state.loaded = Loaded(backend=backend, worker=worker, template=template)
+        adapters = {a.name: a for a in backend.info.adapters}
+        state.loaded = Loaded(backend=backend, worker=worker, template=template, adapters=adapters)
         state.status = "ok"
     log.info("model %r loaded: %s on %s", state.config.model.id, backend.info.name, backend.info.device)
+
+
+def _template(config: ServerConfig, backend: Backend) -> ChatTemplate:
+    """Compile the override or the model's own template; one that does not parse fails the start
+    (a silent fallback would serve prompts the model was never trained on), naming the flag."""
+    if config.chat_template is not None:
+        try:
+            return ChatTemplate.for_backend(config.chat_template, backend.special_tokens)
+        except BackendError as exc:
+            message = exc.message.replace("the chat template", "the --chat-template file", 1)
+            raise BackendError(message, hint="fix the file passed with --chat-template") from exc
+    if not backend.chat_template:
+        raise BackendError("the model ships no chat template", hint="pass --chat-template FILE")
+    try:
+        return ChatTemplate.for_backend(backend.chat_template, backend.special_tokens)
+    except BackendError as exc:
+        message = exc.message.replace("the chat template", "the model's own chat template", 1)
+        raise BackendError(message, hint="override it with --chat-template FILE") from exc
 
 
 def _shutdown(state: ServerState) -> None:
@@ -108,17 +124,14 @@ def _shutdown(state: ServerState) -> None:
         loaded.backend.close()
 
 
-def _document_chat_schema(app: FastAPI) -> None:
-    """Put the chat request schema into OpenAPI; the route parses its body itself."""
+def _document_request_schemas(app: FastAPI) -> None:
+    """Put the request schemas into OpenAPI; the routes parse their bodies themselves."""
     original = app.openapi
 
     def openapi() -> dict[str, Any] | None:
         if app.openapi_schema is None:
             schema = original()
-            request_schema = routes.chat_request_schema()
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.update(request_schema.pop("$defs", {}))
-            components["ChatCompletionRequest"] = request_schema
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(routes.request_schemas())
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

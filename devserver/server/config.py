@@ -5,6 +5,7 @@ Built by the CLI from the resolved ModelKit and the settings, then handed to ``c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ class ServerConfig:
     chat_template: str | None = None  # overrides the model's own template (--chat-template FILE)
     metrics_compat: tuple[str, ...] = ()  # extra metric name sets to expose, e.g. ("vllm",)
     sse_ping_seconds: float = 15.0
+    allow_runtime_lora: bool = False  # POST /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM's)
+    lora_resolver: Callable[[str], Path] | None = None  # ModelKit reference → local adapter path
     pull: PullStats | None = None  # None when a local directory is served in place
     cache_dir: Path | None = None  # the ModelKit cache whose size /metrics reports; None: not reported
     gpu_sample_seconds: float = 1.0  # how often the background thread reads NVML

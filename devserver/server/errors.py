@@ -46,10 +46,20 @@ def _response(
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
+# What pydantic puts into an error's location besides field names: union members and dict keys.
+_NOT_FIELDS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "[key]"})
+
+
 def _param(loc: Sequence[int | str]) -> str | None:
-    """``("messages", 0, "role")`` → ``"messages[0].role"``."""
+    """``("messages", 0, "role")`` → ``"messages[0].role"``; stops at a union member's tag or a dict
+    key (``("stop", "list[str]")`` → ``"stop"``, ``("logit_bias", "hello", "[key]")`` → ``"logit_bias"``)."""
+    parts = list(loc)
+    if "[key]" in parts:
+        parts = parts[: max(0, parts.index("[key]") - 1)]
     text = ""
-    for part in loc:
+    for part in parts:
+        if isinstance(part, str) and (part in _NOT_FIELDS or not part.isidentifier()):
+            break
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text or None
 

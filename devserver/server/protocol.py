@@ -1,10 +1,12 @@
-"""OpenAI wire types, named as OpenAI names them, in one module with no engine or web imports.
+"""OpenAI wire types, named as OpenAI names them, with no engine or web imports.
 
 Requests are strict where laxness hides client bugs: a field kit-dev does not know is refused with a
-400 naming it (never silently dropped), ``"stream": "true"`` is not a boolean, and options that are
-recognised but not yet served (``tools``, ``logprobs``, ``n > 1`` …) are refused by name rather than
-ignored. The request converts itself into ``backends.base.SamplingParams`` (vLLM's
-``to_sampling_params``), so the serving code never reads request fields one by one.
+400 naming it (never silently dropped), ``"stream": "true"`` is not a boolean, ``Infinity`` is not a
+temperature, and every bound that can be written into the JSON schema is (``/openapi.json`` is what
+schemathesis fuzzes, so the schema and the validation must be the same rules). Requests convert
+themselves into ``backends.base.SamplingParams`` (vLLM's ``to_sampling_params``), so the serving code
+never reads sampling fields one by one. Chat-only types live here; ``/v1/completions`` has
+``protocol_completions``, tools have ``tools``.
 """
 
 from __future__ import annotations
@@ -12,91 +14,61 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from backends.base import FinishReason, SamplingParams
 from devserver.errors import InvalidRequest
+from devserver.server.tools import ChatCompletionTool, NamedToolChoice, ToolCall
 
 MAX_STOP_SEQUENCES = 4
+MAX_N = 16  # choices per request; each one is a generation holding a queue place
+MAX_TOP_LOGPROBS = 20
+SEED_SPACE = 2**32  # llama.cpp seeds are uint32; larger OpenAI (int64) seeds wrap deterministically
+
+TokenId = Annotated[str, StringConstraints(pattern=r"^-?[0-9]{1,9}$")]
+Bias = Annotated[float, Field(ge=-100.0, le=100.0)]
+StopList = Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)]
 
 
 class OpenAIBaseModel(BaseModel):
     """Unknown fields are refused (``extra_forbidden`` becomes a 400 naming the field); strict types
-    (validated from JSON, where an int still counts as a float) keep ``"true"`` from passing as a bool."""
+    (validated from JSON, where an int still counts as a float) keep ``"true"`` from passing as a
+    bool; ``NaN``/``Infinity`` are refused so no bound can be slipped past."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class TextContentPart(OpenAIBaseModel):
-    type: Literal["text"]
-    text: str
-
-
-class ChatMessage(OpenAIBaseModel):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextContentPart] | None = None
-    name: str | None = None
-
-    def to_template(self) -> dict[str, Any]:
-        """The message as chat templates expect it: only fields the client sent, content as text."""
-        message = self.model_dump(exclude_unset=True)
-        if isinstance(self.content, list):
-            message["content"] = "".join(part.text for part in self.content)
-        return message
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class StreamOptions(OpenAIBaseModel):
     include_usage: bool = False
 
 
-class ResponseFormat(OpenAIBaseModel):
-    type: Literal["text"]
+class SamplingRequest(OpenAIBaseModel):
+    """The fields chat and text completions share, in OpenAI's order, then the extensions."""
 
-
-class ChatCompletionRequest(OpenAIBaseModel):
-    """``POST /v1/chat/completions``. Fields in the order of OpenAI's reference, then extensions."""
-
-    messages: list[ChatMessage] = Field(min_length=1)
     model: str
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    logit_bias: dict[str, float] | None = None
-    logprobs: bool = False
-    top_logprobs: int | None = None
+    logit_bias: dict[TokenId, Bias] | None = None
     max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    n: int = 1
+    n: int = Field(1, ge=1, le=MAX_N)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    response_format: ResponseFormat | None = None
-    seed: int | None = None
-    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
+    stop: str | StopList | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     user: str | None = None
     # --- extensions (llama.cpp and vLLM accept these too) ---
-    top_k: int | None = Field(None, ge=0)
+    top_k: int | None = Field(None, ge=0, le=1_000_000)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
-    repeat_penalty: float | None = Field(None, gt=0.0)
+    repeat_penalty: float | None = Field(None, gt=0.0, le=10.0)
 
     @model_validator(mode="after")
-    def _check_combinations(self) -> ChatCompletionRequest:
-        if self.n != 1:
-            raise InvalidRequest("only n=1 is supported", param="n")
-        if self.logprobs or self.top_logprobs:
-            raise InvalidRequest("logprobs are not supported yet", param="logprobs")
+    def _check_stream_options(self) -> SamplingRequest:
         if self.stream_options is not None and not self.stream:
             raise InvalidRequest("stream_options needs stream=true", param="stream_options")
-        if len(self.stop_sequences) > MAX_STOP_SEQUENCES:
-            raise InvalidRequest(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed", param="stop")
-        if self.logit_bias:
-            for key, value in self.logit_bias.items():
-                if not key.lstrip("-").isdigit():
-                    raise InvalidRequest(f"logit_bias keys are token ids, got {key!r}", param="logit_bias")
-                if not -100.0 <= value <= 100.0:
-                    raise InvalidRequest("logit_bias values lie in [-100, 100]", param="logit_bias")
         return self
 
     @property
@@ -109,9 +81,22 @@ class ChatCompletionRequest(OpenAIBaseModel):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def to_sampling_params(self, max_tokens_limit: int | None = None) -> SamplingParams:
-        """The engine's view of this request; ``max_tokens_limit`` is the server's per-request cap."""
-        max_tokens = self.max_completion_tokens or self.max_tokens
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    def to_sampling_params(
+        self,
+        max_tokens_limit: int | None = None,
+        *,
+        choice: int = 0,
+        logprobs: bool = False,
+        top_logprobs: int = 0,
+        json_schema: dict[str, Any] | None = None,
+    ) -> SamplingParams:
+        """The engine's view of choice ``choice`` of this request; ``max_tokens_limit`` is the server's
+        cap. Choices of one seeded request get seeds ``seed + choice``, so ``n`` seeded choices differ
+        from each other and each repeats across identical requests."""
+        max_tokens = self.requested_max_tokens()
         if max_tokens_limit is not None:
             max_tokens = min(max_tokens or max_tokens_limit, max_tokens_limit)
         return SamplingParams(
@@ -120,13 +105,118 @@ class ChatCompletionRequest(OpenAIBaseModel):
             top_p=self.top_p,
             top_k=self.top_k,
             min_p=self.min_p,
-            seed=self.seed,
+            seed=None if self.seed is None else (self.seed + choice) % SEED_SPACE,
             stop=self.stop_sequences,
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
             repeat_penalty=self.repeat_penalty,
             logit_bias={int(k): v for k, v in self.logit_bias.items()} if self.logit_bias else None,
+            logprobs=logprobs,
+            top_logprobs=top_logprobs,
+            json_schema=json_schema,
         )
+
+
+# --- chat requests ---------------------------------------------------------------------------------
+
+
+class TextContentPart(OpenAIBaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(OpenAIBaseModel):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant turn that called tools
+    tool_call_id: str | None = None  # a tool turn: which call it answers
+
+    @model_validator(mode="after")
+    def _check_role_fields(self) -> ChatMessage:
+        if self.tool_calls is not None and self.role != "assistant":
+            raise InvalidRequest("only assistant messages carry tool_calls", param="messages.tool_calls")
+        if self.content is None and self.role != "assistant":
+            raise InvalidRequest(f"a {self.role} message needs content", param="messages.content")
+        return self
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class JsonSchemaFormat(OpenAIBaseModel):
+    name: Annotated[str, StringConstraints(max_length=64)]
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormatText(OpenAIBaseModel):
+    type: Literal["text"]
+
+
+class ResponseFormatJsonObject(OpenAIBaseModel):
+    type: Literal["json_object"]
+
+
+class ResponseFormatJsonSchema(OpenAIBaseModel):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaFormat
+
+
+ResponseFormat = Annotated[
+    ResponseFormatText | ResponseFormatJsonObject | ResponseFormatJsonSchema, Field(discriminator="type")
+]
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+class ChatCompletionRequest(SamplingRequest):
+    """``POST /v1/chat/completions``."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[ChatCompletionTool] | None = Field(None, max_length=128)
+    tool_choice: ToolChoice | None = None
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise InvalidRequest("top_logprobs needs logprobs=true", param="top_logprobs")
+        if self.tool_choice not in (None, "none", "auto") and not self.tools:
+            raise InvalidRequest("tool_choice needs tools", param="tool_choice")
+        if isinstance(self.tool_choice, NamedToolChoice):
+            names = {tool.function.name for tool in self.tools or ()}
+            if self.tool_choice.function.name not in names:
+                raise InvalidRequest(
+                    f"tool_choice names {self.tool_choice.function.name!r}, which is not among the tools",
+                    param="tool_choice",
+                )
+        if self.response_format is not None and self.response_format.type != "text" and self.calls_tools:
+            raise InvalidRequest("response_format cannot be combined with tools", param="response_format")
+        return self
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def calls_tools(self) -> bool:
+        """True when tools may be called (tools given and tool_choice is not ``none``)."""
+        return bool(self.tools) and self.tool_choice != "none"
+
+    def response_schema(self) -> dict[str, Any] | None:
+        """The JSON schema ``response_format`` asks for, or None for free text."""
+        if isinstance(self.response_format, ResponseFormatJsonObject):
+            return {"type": "object"}
+        if isinstance(self.response_format, ResponseFormatJsonSchema):
+            return self.response_format.json_schema.schema_ or {"type": "object"}
+        return None
 
 
 # --- responses -------------------------------------------------------------------------------------
@@ -139,8 +229,8 @@ def openai_finish_reason(reason: FinishReason) -> OpenAIFinishReason:
     return "length" if reason == "length" else "tool_calls" if reason == "tool_calls" else "stop"
 
 
-def completion_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex}"
+def completion_id(prefix: str = "chatcmpl") -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
 
 
 def now() -> int:
@@ -161,15 +251,30 @@ class UsageInfo(BaseModel):
         )
 
 
+class TopLogprobEntry(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class LogprobEntry(TopLogprobEntry):
+    top_logprobs: list[TopLogprobEntry] = Field(default_factory=list)
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[LogprobEntry] | None = None
+
+
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatCompletionResponseChoice(BaseModel):
     index: int = 0
     message: ResponseMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: OpenAIFinishReason | None
 
 
@@ -181,16 +286,37 @@ class ChatCompletionResponse(BaseModel):
     choices: list[ChatCompletionResponseChoice]
     usage: UsageInfo
 
+    def to_dict(self) -> dict[str, Any]:
+        """``tool_calls`` appears only on messages that made calls, as OpenAI's responses do."""
+        data = self.model_dump()
+        for choice in data["choices"]:
+            if choice["message"]["tool_calls"] is None:
+                del choice["message"]["tool_calls"]
+        return data
+
+
+class ToolCallFunctionDelta(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(BaseModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: ToolCallFunctionDelta
+
 
 class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatCompletionResponseStreamChoice(BaseModel):
     index: int = 0
     delta: DeltaMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: OpenAIFinishReason | None = None
 
 
@@ -204,10 +330,18 @@ class ChatCompletionStreamResponse(BaseModel):
 
     def to_json(self) -> str:
         """Delta fields the chunk does not carry are left out; ``finish_reason: null`` is kept."""
-        data = self.model_dump(exclude={"usage"} if self.usage is None else set())
+        data = self.model_dump(exclude={"usage"} if self.usage is None else set(), exclude_none=False)
         for choice in data["choices"]:
-            choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
+            choice["delta"] = _without_none(choice["delta"])
         return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def _without_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value
 
 
 class ModelCard(BaseModel):
@@ -215,6 +349,8 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "kit-dev"
+    root: str | None = None
+    parent: str | None = None  # the base model's id, for a LoRA adapter
     kitdev: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -1,10 +1,12 @@
-"""Chat completions: from request bytes to a JSON response or an SSE stream.
+"""Chat and text completions: from request bytes to a JSON response or an SSE stream.
 
-This is where a request is checked (body, model name, context length), rendered with the chat
-template, queued on the model's worker, and where its client leaving cancels it: a stream through
-sse-starlette cancelling our generator, a plain request by racing the generation against the
-connection's ``http.disconnect`` (vLLM's ``with_cancellation``). Every request is counted in the
-metrics exactly once, however it ends.
+``Serving`` holds the part both endpoints share: the body is checked, the ``model`` resolved to the
+base or one of its LoRA adapters, the request planned into one ``GenerationRequest`` per choice
+(the endpoint's ``plan``), the backend asked whether it can honour the options (``check_request``,
+where it has one, so a refusal is a 400 before any stream starts), every choice queued at once, and
+the client leaving cancels them all: a stream through sse-starlette cancelling our generator, a plain
+request by racing the generation against the connection's ``http.disconnect`` (vLLM's
+``with_cancellation``). Every request is counted in the metrics exactly once, however it ends.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import pydantic
 from fastapi import Request
@@ -20,139 +23,214 @@ from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
-from backends.base import FinishEvent, GenerationRequest, TokenEvent
-from devserver.errors import BackendError, ContextLengthExceeded, KitDevError, ModelNotFound
+from backends.base import GenerationRequest
+from devserver.errors import BackendError, ContextLengthExceeded, InvalidRequest
+from devserver.server import chat
+from devserver.server.choices import Choice, choice_list, merge, on_event
 from devserver.server.errors import invalid_request
 from devserver.server.metrics import RequestTracker
 from devserver.server.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatCompletionResponseChoice,
+    ChoiceLogprobs,
     ResponseMessage,
+    SamplingRequest,
     UsageInfo,
     completion_id,
     now,
-    openai_finish_reason,
 )
 from devserver.server.state import Loaded, ServerState
-from devserver.server.streaming import chat_completion_stream
+from devserver.server.streaming import ChatFramer, Framer, stream_choices
 from devserver.server.worker import Job
+
+RequestT = TypeVar("RequestT", bound=SamplingRequest)
+
+
+@dataclass
+class Plan:
+    """One request's generations and the choices they feed (``choices[i]`` ← ``generations[i]``)."""
+
+    request_id: str
+    generations: list[GenerationRequest]
+    choices: list[Choice]
+    first_of_prompt: list[int]  # one choice index per distinct prompt, to count prompt tokens once
+    model: str  # the id the client named, base or adapter, echoed in every response
+
+    def usage(self) -> UsageInfo:
+        prompt = sum(self.choices[i].finish.prompt_tokens for i in self.first_of_prompt if self.choices[i].finish)
+        completion = sum(c.finish.completion_tokens for c in self.choices if c.finish)
+        return UsageInfo.of(prompt, completion)
+
+
+def parse(model: type[RequestT], body: bytes) -> RequestT:
+    """Parse the body as JSON whatever its Content-Type (``curl -d`` sends form-urlencoded)."""
+    try:
+        return model.model_validate_json(body or b"null")
+    except pydantic.ValidationError as exc:
+        raise invalid_request(exc) from None
+    except UnicodeError:
+        raise InvalidRequest("the request body is not valid UTF-8") from None
 
 
 def parse_chat_request(body: bytes) -> ChatCompletionRequest:
-    """Parse the body as JSON whatever its Content-Type (``curl -d`` sends form-urlencoded)."""
-    try:
-        return ChatCompletionRequest.model_validate_json(body or b"null")
-    except pydantic.ValidationError as exc:
-        raise invalid_request(exc) from None
+    return parse(ChatCompletionRequest, body)
 
 
-class ChatServing:
+class Serving(Generic[RequestT]):
+    """The flow both endpoints share; subclasses parse, plan, frame and respond."""
+
+    request_type: type[RequestT]
+
     def __init__(self, state: ServerState) -> None:
         self._state = state
 
-    def _check_model(self, name: str) -> None:
-        served = self._state.config.model
-        if name != served.id and name not in served.aliases:
-            raise ModelNotFound(f"the model {name!r} does not exist; this server serves {served.id!r}", param="model")
+    async def plan(self, request: RequestT, loaded: Loaded, adapter: str | None) -> Plan:
+        raise NotImplementedError
+
+    def framer(self, request: RequestT, plan: Plan) -> Framer:
+        raise NotImplementedError
+
+    def respond(self, request: RequestT, plan: Plan) -> dict[str, Any]:
+        raise NotImplementedError
 
     async def create(self, body: bytes, http_request: Request) -> JSONResponse | EventSourceResponse:
         tracker = RequestTracker(self._state.metrics)  # a refused request is counted by its HTTP status only
-        request = parse_chat_request(body)
-        self._check_model(request.model)
+        request = parse(self.request_type, body)
+        adapter = tracker.adapter = self._state.resolve_model(request.model)
         loaded = self._state.ready()
-        generation = await self._prepare(request, loaded)
-        tracker.adapter = generation.adapter
-        job = loaded.worker.submit(generation, on_start=tracker.started)
+        plan = await self.plan(request, loaded, adapter)
+        check = getattr(loaded.backend, "check_request", None)
+        if callable(check):
+            check(plan.generations[0])
+        jobs = loaded.worker.submit_all(plan.generations, on_start=tracker.started)
         if request.stream:
             return EventSourceResponse(
-                self._stream(job, tracker, request),
+                self._stream(request, plan, jobs, tracker),
                 ping=self._state.config.sse_ping_seconds,
                 sep="\n",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
         try:
-            response = await self._complete(job, tracker, http_request)
+            await self._complete(plan, jobs, tracker, http_request)
         finally:
-            tracker.end(cancelled=job.request.cancel.is_set())
-        return JSONResponse(response.model_dump())
+            tracker.end(cancelled=any(job.request.cancel.is_set() for job in jobs), tool_calls=_tool_calls(plan))
+        return JSONResponse(self.respond(request, plan))
 
-    async def _prepare(self, request: ChatCompletionRequest, loaded: Loaded) -> GenerationRequest:
-        """Render and measure the prompt off the loop (long prompts take real time to tokenize)."""
-        messages = [m.to_template() for m in request.messages]
+    def model_id(self, adapter: str | None) -> str:
+        base = self._state.config.model.id
+        return base if adapter is None else f"{base}/{adapter}"
 
-        def render() -> tuple[str, int]:
-            prompt = loaded.template.render(messages, add_generation_prompt=True)
-            return prompt, loaded.backend.count_tokens(prompt)
-
-        prompt, prompt_tokens = await run_in_threadpool(render)
-        params = request.to_sampling_params(self._state.config.max_tokens_limit)
+    def check_context(self, prompt_tokens: int, max_tokens: int | None, loaded: Loaded, param: str) -> None:
         context = loaded.backend.info.context_size
         if prompt_tokens >= context:
             raise ContextLengthExceeded(
-                f"the prompt is {prompt_tokens} tokens; the model's context holds {context}", param="messages"
+                f"the prompt is {prompt_tokens} tokens; the model's context holds {context}", param=param
             )
-        if params.max_tokens is not None and prompt_tokens + params.max_tokens > context:
+        if max_tokens is not None and prompt_tokens + max_tokens > context:
             raise ContextLengthExceeded(
-                f"{prompt_tokens} prompt tokens + max_tokens {params.max_tokens} exceed the context of {context}",
+                f"{prompt_tokens} prompt tokens + max_tokens {max_tokens} exceed the context of {context}",
                 param="max_tokens",
             )
-        return GenerationRequest(request_id=completion_id(), prompt=prompt, params=params)
 
-    def _model_name(self) -> str:
-        return self._state.config.model.id
-
-    async def _stream(self, job: Job, tracker: RequestTracker, request: ChatCompletionRequest) -> AsyncIterator[str]:
+    async def _stream(
+        self, request: RequestT, plan: Plan, jobs: list[Job], tracker: RequestTracker
+    ) -> AsyncIterator[str]:
         completed = False
         try:
-            async for data in chat_completion_stream(
-                tracker.watch(job.events()),
-                completion_id=job.request.request_id,
-                created=now(),
-                model=self._model_name(),
-                include_usage=request.include_usage,
-            ):
+            events = merge([tracker.watch(job.events()) for job in jobs])
+            async for data in stream_choices(events, plan.choices, self.framer(request, plan), plan.usage):
                 yield data
             completed = True
         finally:
             # Also reached when sse-starlette cancels us because the client left.
-            if not completed:
-                job.cancel()
-            tracker.end(cancelled=not completed)
+            for choice, job in zip(plan.choices, jobs, strict=True):
+                if choice.finish is None:
+                    job.cancel()
+            tracker.end(cancelled=not completed, tool_calls=_tool_calls(plan))
 
-    async def _complete(self, job: Job, tracker: RequestTracker, http_request: Request) -> ChatCompletionResponse:
-        collect = asyncio.ensure_future(_collect(tracker.watch(job.events())))
+    async def _complete(self, plan: Plan, jobs: list[Job], tracker: RequestTracker, http_request: Request) -> None:
+        async def collect() -> None:
+            async for index, event in merge([tracker.watch(job.events()) for job in jobs]):
+                on_event(plan.choices, index, event)
+
+        collecting = asyncio.ensure_future(collect())
         disconnect = asyncio.ensure_future(_client_left(http_request))
         try:
-            await asyncio.wait({collect, disconnect}, return_when=asyncio.FIRST_COMPLETED)
-            if not collect.done():
-                job.cancel()  # the backend stops within one token; the response goes nowhere
-            text, finish = await collect
+            await asyncio.wait({collecting, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+            if not collecting.done():
+                for job in jobs:
+                    job.cancel()  # the backend stops within one token; the response goes nowhere
+            await collecting
         finally:
             disconnect.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await disconnect
-        if finish.reason == "error":
-            raise BackendError(finish.error or "generation failed")
-        message = ResponseMessage(content=text)
-        choice = ChatCompletionResponseChoice(message=message, finish_reason=openai_finish_reason(finish.reason))
-        return ChatCompletionResponse(
-            id=job.request.request_id,
-            created=now(),
-            model=self._model_name(),
-            choices=[choice],
-            usage=UsageInfo.of(finish.prompt_tokens, finish.completion_tokens),
+            for choice, job in zip(plan.choices, jobs, strict=True):
+                if choice.finish is None:
+                    job.cancel()  # a choice failed or the client left: the rest are not needed
+        for choice in plan.choices:
+            assert choice.finish is not None
+            if choice.finish.reason == "error":
+                raise BackendError(choice.finish.error or "generation failed")
+            if choice.finish.reason == "cancelled":
+                raise BackendError("the generation was cancelled (the server is shutting down)")
+
+
+class ChatServing(Serving[ChatCompletionRequest]):
+    request_type = ChatCompletionRequest
+
+    async def plan(self, request: ChatCompletionRequest, loaded: Loaded, adapter: str | None) -> Plan:
+        """Render and measure the prompt off the loop (long prompts take real time to tokenize)."""
+        template = loaded.template
+        chat.check_tool_syntax(request, template)
+        messages = chat.template_messages(request, template)
+        tools = chat.template_tools(request, template)
+
+        def render() -> tuple[str, int]:
+            prompt = template.render(messages, add_generation_prompt=True, tools=tools)
+            return prompt, loaded.backend.count_tokens(prompt)
+
+        prompt, prompt_tokens = await run_in_threadpool(render)
+        schema = chat.constraint(request)
+        request_id = completion_id()
+        generations = [
+            GenerationRequest(
+                request_id=request_id if request.n == 1 else f"{request_id}-{i}",
+                prompt=prompt,
+                params=request.to_sampling_params(
+                    self._state.config.max_tokens_limit,
+                    choice=i,
+                    logprobs=request.logprobs,
+                    top_logprobs=request.top_logprobs or 0,
+                    json_schema=schema,
+                ),
+                adapter=adapter,
+            )
+            for i in range(request.n)
+        ]
+        self.check_context(prompt_tokens, generations[0].params.max_tokens, loaded, "messages")
+        choices = choice_list(request.n, lambda: chat.extractor(request), logprobs=request.logprobs)
+        return Plan(request_id, generations, choices, [0], self.model_id(adapter))
+
+    def framer(self, request: ChatCompletionRequest, plan: Plan) -> Framer:
+        return ChatFramer(plan.request_id, now(), plan.model, include_usage=request.include_usage)
+
+    def respond(self, request: ChatCompletionRequest, plan: Plan) -> dict[str, Any]:
+        choices = []
+        for choice in plan.choices:
+            text = "".join(choice.text)
+            message = ResponseMessage(content=text or (None if choice.calls else ""), tool_calls=choice.calls or None)
+            logprobs = ChoiceLogprobs(content=choice.logprobs) if request.logprobs else None
+            choices.append(
+                ChatCompletionResponseChoice(
+                    index=choice.index, message=message, logprobs=logprobs, finish_reason=choice.finish_reason
+                )
+            )
+        response = ChatCompletionResponse(
+            id=plan.request_id, created=now(), model=plan.model, choices=choices, usage=plan.usage()
         )
-
-
-async def _collect(events: AsyncIterator[Any]) -> tuple[str, FinishEvent]:
-    parts: list[str] = []
-    async for event in events:
-        if isinstance(event, TokenEvent):
-            parts.append(event.text)
-        elif isinstance(event, FinishEvent):
-            return "".join(parts), event
-    raise KitDevError("the generation ended without finishing")
+        return response.to_dict()
 
 
 async def _client_left(request: Request) -> None:
@@ -161,3 +239,8 @@ async def _client_left(request: Request) -> None:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
+
+
+def _tool_calls(plan: Plan) -> int:
+    """Choices that finished in tool calls, which the metrics cannot see in the backend's events."""
+    return sum(1 for c in plan.choices if c.finish is not None and c.finish_reason == "tool_calls")

@@ -1,27 +1,34 @@
-"""SSE framing of a chat completion, in vLLM's outline and nothing else.
+"""SSE framing of chat and text completions, in vLLM's outline and nothing else.
 
-Every chunk shares one ``id`` and ``created``. The first chunk carries ``delta.role`` (and only it
-does), then one chunk per text event, then a chunk with an empty delta and the ``finish_reason``
-(``null`` on every chunk before it). With ``stream_options.include_usage`` a usage-only chunk with
-``choices: []`` follows. A failure after the stream started becomes one ``data: {"error": …}`` event
-(the HTTP status is already sent). ``data: [DONE]`` is always last, even after an error.
+Every chunk of a response shares one ``id`` and ``created``. Per choice: (chat only) a first chunk
+carrying ``delta.role`` (and only it does), then a chunk per event that adds text, tool-call deltas
+or logprobs, then a chunk with an empty delta and the ``finish_reason`` (``null`` on every chunk
+before it). Choices interleave as their events arrive. With ``stream_options.include_usage`` a
+usage-only chunk with ``choices: []`` follows the last finish. A failure after the stream started
+becomes one ``data: {"error": …}`` event (the HTTP status is already sent) and the stream ends; a
+generation cancelled under us (shutdown) is such a failure too, so no stream ever ends without
+either a ``finish_reason`` or an error. ``data: [DONE]`` is always last.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
-from backends.base import FinishEvent, GenerationEvent, TokenEvent
+from backends.base import FinishEvent, GenerationEvent
 from devserver.errors import BackendError, KitDevError
+from devserver.server.choices import Choice, Step, on_event
 from devserver.server.errors import error_payload
 from devserver.server.protocol import (
     ChatCompletionResponseStreamChoice,
     ChatCompletionStreamResponse,
+    ChoiceLogprobs,
     DeltaMessage,
+    ToolCallDelta,
+    ToolCallFunctionDelta,
     UsageInfo,
-    openai_finish_reason,
 )
 
 log = logging.getLogger(__name__)
@@ -29,43 +36,93 @@ log = logging.getLogger(__name__)
 DONE = "[DONE]"
 
 
-async def chat_completion_stream(
-    events: AsyncIterator[GenerationEvent],
-    *,
-    completion_id: str,
-    created: int,
-    model: str,
-    include_usage: bool,
+class Framer(Protocol):
+    """Turns one endpoint's choice steps into its chunk JSON."""
+
+    def opening(self, choice: Choice) -> str | None: ...
+
+    def step(self, choice: Choice, step: Step) -> str | None: ...
+
+    def finish(self, choice: Choice) -> str: ...
+
+    def usage(self, usage: UsageInfo) -> str | None: ...
+
+
+async def stream_choices(
+    events: AsyncIterator[tuple[int, GenerationEvent]],
+    choices: list[Choice],
+    framer: Framer,
+    usage: Callable[[], UsageInfo],
 ) -> AsyncIterator[str]:
-    """Yield the ``data:`` payloads of one streamed chat completion (sse-starlette frames them)."""
-
-    def chunk(delta: DeltaMessage, finish: FinishEvent | None = None) -> str:
-        reason = openai_finish_reason(finish.reason) if finish is not None else None
-        choice = ChatCompletionResponseStreamChoice(delta=delta, finish_reason=reason)
-        return ChatCompletionStreamResponse(id=completion_id, created=created, model=model, choices=[choice]).to_json()
-
-    yield chunk(DeltaMessage(role="assistant", content=""))
+    """Yield the ``data:`` payloads of one streamed completion (sse-starlette frames them)."""
+    for choice in choices:
+        if (opening := framer.opening(choice)) is not None:
+            yield opening
     try:
-        finish: FinishEvent | None = None
-        async for event in events:
-            if isinstance(event, TokenEvent):
-                if event.text:
-                    yield chunk(DeltaMessage(content=event.text))
-            else:
-                finish = event
-        if finish is None or finish.reason == "error":
-            detail = finish.error if finish is not None and finish.error else "generation failed"
-            yield json.dumps(error_payload(BackendError(detail)))
-        elif finish.reason != "cancelled":
-            yield chunk(DeltaMessage(), finish)
-            if include_usage:
-                usage = UsageInfo.of(finish.prompt_tokens, finish.completion_tokens)
-                yield ChatCompletionStreamResponse(
-                    id=completion_id, created=created, model=model, choices=[], usage=usage
-                ).to_json()
+        async for index, event in events:
+            step = on_event(choices, index, event)
+            if (data := framer.step(choices[index], step)) is not None:
+                yield data
+            if isinstance(event, FinishEvent):
+                if event.reason in ("error", "cancelled"):
+                    yield json.dumps(error_payload(BackendError(_failure(event))))
+                    break
+                yield framer.finish(choices[index])
+        else:
+            if (data := framer.usage(usage())) is not None:
+                yield data
     except KitDevError as exc:
         yield json.dumps(error_payload(exc))
     except Exception:
-        log.exception("a streamed chat completion failed")
+        log.exception("a streamed completion failed")
         yield json.dumps(error_payload(KitDevError("internal server error (see the server log)")))
     yield DONE
+
+
+def _failure(event: FinishEvent) -> str:
+    if event.reason == "cancelled":
+        return "the generation was cancelled (the server is shutting down)"
+    return event.error or "generation failed"
+
+
+class ChatFramer:
+    """``chat.completion.chunk`` objects."""
+
+    def __init__(self, completion_id: str, created: int, model: str, *, include_usage: bool) -> None:
+        self._id, self._created, self._model = completion_id, created, model
+        self._include_usage = include_usage
+
+    def _chunk(self, choices: list[ChatCompletionResponseStreamChoice], usage: UsageInfo | None = None) -> str:
+        return ChatCompletionStreamResponse(
+            id=self._id, created=self._created, model=self._model, choices=choices, usage=usage
+        ).to_json()
+
+    def opening(self, choice: Choice) -> str:
+        delta = DeltaMessage(role="assistant", content="")
+        return self._chunk([ChatCompletionResponseStreamChoice(index=choice.index, delta=delta)])
+
+    def step(self, choice: Choice, step: Step) -> str | None:
+        calls = [
+            ToolCallDelta(
+                index=d.index,
+                id=d.id,
+                type="function" if d.id is not None else None,
+                function=ToolCallFunctionDelta(name=d.name, arguments=d.arguments),
+            )
+            for d in step.calls
+        ]
+        text = step.text
+        if not text and not calls and not step.logprobs:
+            return None
+        delta = DeltaMessage(content=text or None, tool_calls=calls or None)
+        logprobs = ChoiceLogprobs(content=step.logprobs) if step.logprobs else None
+        return self._chunk([ChatCompletionResponseStreamChoice(index=choice.index, delta=delta, logprobs=logprobs)])
+
+    def finish(self, choice: Choice) -> str:
+        stream_choice = ChatCompletionResponseStreamChoice(
+            index=choice.index, delta=DeltaMessage(), finish_reason=choice.finish_reason
+        )
+        return self._chunk([stream_choice])
+
+    def usage(self, usage: UsageInfo) -> str | None:
+        return self._chunk([], usage) if self._include_usage else None

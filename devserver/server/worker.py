@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from backends.base import Backend, FinishEvent, GenerationEvent, GenerationRequest
-from devserver.errors import BackendError, QueueFull, ServerNotReady
+from devserver.errors import BackendError, InvalidRequest, QueueFull, ServerNotReady
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,24 @@ class ModelWorker:
                 f"the model's queue is full ({self._queue.maxsize} waiting)", hint="retry after a moment"
             ) from None
         return job
+
+    def submit_all(
+        self, requests: list[GenerationRequest], on_start: Callable[[float], None] | None = None
+    ) -> list[Job]:
+        """Queue every one of ``requests`` (the ``n`` choices of one request) or none of them.
+
+        Only the event loop adds to the queue, so the room checked here is still there when the
+        jobs are put (worker threads only take from it).
+        """
+        if len(requests) > self._queue.maxsize:
+            raise InvalidRequest(
+                f"{len(requests)} generations exceed the queue size ({self._queue.maxsize})", param="n"
+            )
+        if self._queue.maxsize - self._queue.qsize() < len(requests):
+            raise QueueFull(
+                f"the model's queue is full ({self._queue.maxsize} waiting)", hint="retry after a moment"
+            )
+        return [self.submit(request, on_start) for request in requests]
 
     def _run(self) -> None:
         while True:

@@ -53,15 +53,19 @@ def test_empty_messages_is_400(server: LiveServer) -> None:
 
 
 def test_unknown_fields_are_refused_by_name(server: LiveServer) -> None:
-    error = assert_openai_error(post(server, json=chat_body(tools=[], frobnicate=1)), 400)
-    assert "tools" in error["message"] and "frobnicate" in error["message"]
+    error = assert_openai_error(post(server, json=chat_body(functions=[], frobnicate=1)), 400)
+    assert "functions" in error["message"] and "frobnicate" in error["message"]
 
 
 @pytest.mark.parametrize(
     ("overrides", "param"),
     [
-        ({"n": 2}, "n"),
-        ({"logprobs": True}, "logprobs"),
+        ({"n": 0}, "n"),
+        ({"n": 17}, "n"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"max_completion_tokens": 0}, "max_completion_tokens"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"response_format": {"type": "yaml"}}, "response_format"),
         ({"temperature": 3}, "temperature"),
         ({"max_tokens": 0}, "max_tokens"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
