@@ -41,3 +41,22 @@ bench: setup
 clean:
 	rm -rf models-cache/blobs models-cache/ingest models-cache/unpacked models-cache/run \
 	       models-cache/index.json models-cache/oci-layout .fixtures
+
+# llama.cpp's own C++ server, a benchmark peer for bench/serve.py: built from the llama.cpp sources
+# vendored in the llama-cpp-python sdist (same commit as the bindings), no download beyond the sdist.
+LLAMA_CPP_PY_VERSION ?= 0.3.36
+LLAMA_SDIST := .tools/llama_cpp_python-$(LLAMA_CPP_PY_VERSION).tar.gz
+LLAMA_SRC   := .tools/llama-src
+llama-server: .tools/bin/llama-server
+
+.tools/bin/llama-server:
+	mkdir -p .tools/bin
+	test -f $(LLAMA_SDIST) || $(VENV)/bin/pip download --no-deps --no-binary :all: -d .tools \
+		llama-cpp-python==$(LLAMA_CPP_PY_VERSION)
+	rm -rf $(LLAMA_SRC) && mkdir -p $(LLAMA_SRC)
+	tar -xzf $(LLAMA_SDIST) -C $(LLAMA_SRC) --strip-components=3 \
+		llama_cpp_python-$(LLAMA_CPP_PY_VERSION)/vendor/llama.cpp
+	cmake -S $(LLAMA_SRC) -B .tools/llama-build -G Ninja -DCMAKE_BUILD_TYPE=Release \
+		-DGGML_NATIVE=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
+	ninja -C .tools/llama-build llama-server
+	cp -a .tools/llama-build/bin/. .tools/bin/

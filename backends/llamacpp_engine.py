@@ -1,0 +1,305 @@
+"""Continuous batching on one llama.cpp context: slots, a scheduler thread, one decode per step.
+
+The context holds ``parallel`` sequences, each in its own KV stream (``kv_unified=False``): with a
+unified cache llama.cpp's attention over a shared cell pool makes a sequence's greedy output depend on
+what else is in the batch (measured in ``shared/notes/batching.md``), and a dev server must give the
+same answer to the same request whatever else is running.
+
+Each scheduler step, per adapter group (adapters apply to the whole context, so groups take turns
+within the step):
+  * every sequence that still has prompt left evaluates its next chunk (up to ``n_batch`` tokens) in
+    its own ``llama_decode``. Prompts are kept out of the shared decode batch on purpose: llama.cpp
+    splits a multi-sequence batch into equal-length ubatches, so a prompt mixed with other sequences'
+    tokens would be cut differently from the same prompt alone, and the numerics (hence the greedy
+    text) would depend on the neighbours. Alone it is chunked exactly as ``Llama.eval`` chunks it;
+  * all sequences with a sampled token waiting go into one ``llama_decode`` (one token each, in slot
+    order so that consecutive slots share a ubatch), and each samples its next token with its own
+    chain from its own batch position.
+A finished or cancelled sequence is removed from the KV cache (``llama_memory_seq_rm``) at once and its
+slot is refilled from the waiting list at the start of the next step.
+
+Every llama.cpp call on the context happens on the scheduler thread; other threads hand it work
+(``submit``) or a function to run between steps (``call``: adapter load/unload, close).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from backends.llamacpp_adapters import AdapterSet
+from backends.llamacpp_model import GgufModel
+from backends.llamacpp_sampling import SamplerChain, token_logprobs, top_logprob
+from backends.llamacpp_stream import RequestStream
+from devserver.errors import BackendError
+
+N_BATCH = 512  # llama-cpp-python's default n_batch: prompts are chunked the same way, for equal numerics
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class Sequence:
+    """A request while it holds a slot (or waits for one)."""
+
+    stream: RequestStream
+    prompt: list[int]
+    sampler: SamplerChain
+    adapter: str | None
+    slot: int = -1
+    n_past: int = 0  # tokens already in this slot's KV stream
+    next_token: int | None = None  # sampled, not yet decoded
+    batch_index: int = 0  # where this sequence's logits are in the last decode
+    done: bool = field(default=False)
+
+
+@dataclass(frozen=True)
+class ContextSettings:
+    n_ctx_seq: int  # tokens one request may use (prompt plus completion)
+    parallel: int
+    threads: int
+    threads_batch: int
+
+
+class Scheduler:
+    """Owns the llama.cpp context and the thread that decodes every running sequence."""
+
+    def __init__(self, model: GgufModel, adapters: AdapterSet, settings: ContextSettings) -> None:
+        lib = model.lib
+        self._lib = lib
+        self._model = model
+        self._adapters = adapters
+        params = lib.llama_context_default_params()
+        params.n_ctx = settings.n_ctx_seq * settings.parallel
+        params.n_seq_max = settings.parallel
+        params.n_batch = N_BATCH
+        params.n_ubatch = N_BATCH
+        params.n_threads = settings.threads
+        params.n_threads_batch = settings.threads_batch
+        params.kv_unified = False
+        # Llama() defaults to no flash attention while the raw context defaults to AUTO (on for the
+        # CPU); the numerics differ, so greedy text would differ from llama-cpp-python's.
+        params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.no_perf = True
+        ctx = lib.llama_init_from_model(model.model, params)
+        if not ctx:
+            raise BackendError(
+                f"llama.cpp could not create a context of {settings.parallel} × {settings.n_ctx_seq} tokens",
+                hint="lower --ctx-size or --parallel",
+            )
+        self._ctx = ctx
+        self._memory = lib.llama_get_memory(ctx)
+        self.n_ctx_seq = int(lib.llama_n_ctx_seq(ctx))
+        self.parallel = settings.parallel
+        capacity = max(N_BATCH, settings.parallel)
+        self._batch = lib.llama_batch_init(capacity, 0, 1)
+        self._capacity = capacity
+        self._free_slots = list(range(settings.parallel))
+        self._running: list[Sequence] = []
+        self._waiting: collections.deque[Sequence] = collections.deque()
+        self._calls: collections.deque[tuple[Callable[[], Any], Future[Any]]] = collections.deque()
+        self._wake = threading.Condition()
+        self._current_adapter: object = object()  # nothing applied yet
+        self._turn = 0  # which adapter group goes first this step, rotated for fairness
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="llama.cpp-scheduler", daemon=True)
+        self._thread.start()
+
+    # ---- called from other threads ---------------------------------------------------------------
+
+    def submit(self, sequence: Sequence) -> None:
+        with self._wake:
+            if self._closing:
+                raise BackendError("the model has been unloaded")
+            self._waiting.append(sequence)
+            self._wake.notify()
+
+    def call(self, function: Callable[[], T]) -> T:
+        """Run ``function`` on the scheduler thread between two steps and return its result."""
+        future: Future[T] = Future()
+        with self._wake:
+            if self._closing:
+                raise BackendError("the model has been unloaded")
+            self._calls.append((function, future))
+            self._wake.notify()
+        return future.result()
+
+    def close(self) -> None:
+        """Cancel everything, stop the thread, free the context. Idempotent."""
+        with self._wake:
+            if self._closing:
+                return
+            self._closing = True
+            self._wake.notify()
+        self._thread.join()
+        self._lib.llama_batch_free(self._batch)
+        self._lib.llama_free(self._ctx)
+
+    # ---- the scheduler thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not (self._closing or self._calls or self._running or self._waiting):
+                    self._wake.wait()
+                if self._closing:
+                    break
+                calls = list(self._calls)
+                self._calls.clear()
+            for function, future in calls:
+                try:
+                    future.set_result(function())
+                except BaseException as exc:  # the caller gets it from future.result()
+                    future.set_exception(exc)
+            self._admit()
+            self._drop_cancelled()
+            if self._running:
+                self._step()
+        for sequence in [*self._running, *self._waiting]:
+            sequence.stream.finish("cancelled")
+            self._release(sequence)
+        with self._wake:
+            calls = list(self._calls)
+        for _, future in calls:
+            future.set_exception(BackendError("the model has been unloaded"))
+
+    def _admit(self) -> None:
+        with self._wake:
+            while self._free_slots and self._waiting:
+                sequence = self._waiting.popleft()
+                if sequence.adapter is not None and not self._adapters.available(sequence.adapter):
+                    sequence.stream.fail(BackendError(f"adapter {sequence.adapter!r} is not loaded"))
+                    sequence.sampler.free()
+                    continue
+                sequence.slot = self._free_slots.pop(0)
+                sequence.stream.started_at = time.perf_counter()
+                self._running.append(sequence)
+
+    def _drop_cancelled(self) -> None:
+        for sequence in [s for s in self._running if s.stream.cancelled]:
+            sequence.stream.finish("cancelled")
+            self._release(sequence)
+        with self._wake:
+            cancelled = [s for s in self._waiting if s.stream.cancelled]
+            for sequence in cancelled:
+                self._waiting.remove(sequence)
+        for sequence in cancelled:
+            sequence.stream.finish("cancelled")
+            sequence.sampler.free()
+
+    def _step(self) -> None:
+        groups: dict[str | None, list[Sequence]] = {}
+        for sequence in sorted(self._running, key=lambda s: s.slot):
+            groups.setdefault(sequence.adapter, []).append(sequence)
+        order = list(groups)
+        self._turn = (self._turn + 1) % len(order)
+        for adapter in order[self._turn :] + order[: self._turn]:
+            self._use_adapter(adapter)
+            members = groups[adapter]
+            for sequence in members:
+                if sequence.n_past < len(sequence.prompt):
+                    self._prefill_chunk(sequence)
+            self._decode([s for s in members if not s.done and s.next_token is not None])
+
+    def _use_adapter(self, adapter: str | None) -> None:
+        if adapter != self._current_adapter:
+            self._adapters.apply(self._ctx, adapter)
+            self._current_adapter = adapter
+
+    def _prefill_chunk(self, sequence: Sequence) -> None:
+        start = sequence.n_past
+        chunk = sequence.prompt[start : start + N_BATCH]
+        last = start + len(chunk) == len(sequence.prompt)
+        batch = self._batch
+        token, pos, n_seq_id, seq_id, logits = batch.token, batch.pos, batch.n_seq_id, batch.seq_id, batch.logits
+        for i, value in enumerate(chunk):
+            token[i] = value
+            pos[i] = start + i
+            n_seq_id[i] = 1
+            seq_id[i][0] = sequence.slot
+            logits[i] = 0
+        if last:
+            logits[len(chunk) - 1] = 1
+        batch.n_tokens = len(chunk)
+        if not self._llama_decode([sequence]):
+            return
+        sequence.n_past += len(chunk)
+        if last:
+            sequence.batch_index = len(chunk) - 1
+            self._sample(sequence)
+
+    def _decode(self, sequences: list[Sequence]) -> None:
+        if not sequences:
+            return
+        batch = self._batch
+        token, pos, n_seq_id, seq_id, logits = batch.token, batch.pos, batch.n_seq_id, batch.seq_id, batch.logits
+        for i, sequence in enumerate(sequences):
+            token[i] = sequence.next_token
+            pos[i] = sequence.n_past
+            n_seq_id[i] = 1
+            seq_id[i][0] = sequence.slot
+            logits[i] = 1
+            sequence.batch_index = i
+        batch.n_tokens = len(sequences)
+        if not self._llama_decode(sequences):
+            return
+        for sequence in sequences:
+            sequence.n_past += 1
+            sequence.next_token = None
+            self._sample(sequence)
+
+    def _llama_decode(self, sequences: list[Sequence]) -> bool:
+        status = self._lib.llama_decode(self._ctx, self._batch)
+        if status == 0:
+            return True
+        error = BackendError(f"llama.cpp failed to decode (status {status})")
+        for sequence in sequences:
+            sequence.stream.fail(error)
+            self._release(sequence)
+        return False
+
+    def _sample(self, sequence: Sequence) -> None:
+        """Sample the sequence's next token from its logits in the last decode and hand it on."""
+        stream, model = sequence.stream, self._model
+        index = sequence.batch_index
+        token = sequence.sampler.sample(self._ctx, index)
+        eog = model.is_eog(token)
+        if stream.wants_logprobs and not eog:
+            chosen, best = token_logprobs(self._lib, self._ctx, index, model.n_vocab, token, stream.top_n)
+            top = tuple(top_logprob(model.piece(t), lp) for t, lp in best)
+            finished = stream.on_token(token, model.piece(token), eog, chosen, top)
+        else:
+            finished = stream.on_token(token, b"" if eog else model.piece(token), eog)
+        if finished:
+            self._release(sequence)
+        else:
+            sequence.next_token = token
+
+    def _release(self, sequence: Sequence) -> None:
+        """Free the sequence's KV cells, sampler and slot (and its adapter if that is being unloaded)."""
+        if sequence.done:
+            return
+        sequence.done = True
+        sequence.sampler.free()
+        if sequence.slot >= 0:
+            self._lib.llama_memory_seq_rm(self._memory, sequence.slot, -1, -1)
+            self._free_slots.append(sequence.slot)
+            self._free_slots.sort()  # lowest first: running slots stay consecutive, so ubatches stay whole
+        if sequence in self._running:
+            self._running.remove(sequence)
+        adapter = sequence.adapter
+        if adapter is not None and self._adapters.pending_release(adapter) and not self.adapter_in_use(adapter):
+            self.release_adapter(adapter)
+
+    def adapter_in_use(self, name: str) -> bool:
+        return any(s.adapter == name for s in self._running)
+
+    def release_adapter(self, name: str) -> None:
+        """Free an unloading adapter; the context must not point at it any more (scheduler thread)."""
+        if self._current_adapter == name:
+            self._use_adapter(None)
+        self._adapters.release(name)

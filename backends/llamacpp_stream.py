@@ -1,0 +1,97 @@
+"""One request's output side: sampled tokens in, ``TokenEvent``s and one ``FinishEvent`` out.
+
+The scheduler thread calls ``RequestStream`` for every token it samples for the request; the events go
+into a ``SimpleQueue`` that the request's own (server worker) thread drains in ``generate``. Keeping the
+text work here (incremental UTF-8 decoding, stop strings, log-probabilities) means that thread only
+waits, and each token costs one dictionary lookup for its bytes and one queue put.
+"""
+
+from __future__ import annotations
+
+import codecs
+import queue
+import time
+from dataclasses import dataclass, field
+
+from backends.base import FinishEvent, FinishReason, GenerationRequest, Timings, TokenEvent, TopLogprob
+from backends.stopping import StopMatcher
+
+Item = TokenEvent | FinishEvent | BaseException
+
+
+@dataclass
+class RequestStream:
+    """Text assembly and bookkeeping for one request; lives on the scheduler thread."""
+
+    request: GenerationRequest
+    prompt_tokens: int
+    max_tokens: int
+    submitted_at: float = field(default_factory=time.perf_counter)
+    out: queue.SimpleQueue[Item] = field(default_factory=queue.SimpleQueue)
+    abandoned: bool = False  # set by the consumer when it stops reading (generator closed)
+    produced: int = 0
+    finished: bool = False
+    started_at: float | None = None
+    first_token_at: float | None = None
+
+    def __post_init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._matcher = StopMatcher(self.request.params.stop)
+        self._pending: list[int] = []
+        self._per_token = self.request.params.logprobs  # one event per token, so each has its logprob
+
+    @property
+    def wants_logprobs(self) -> bool:
+        return self._per_token
+
+    @property
+    def top_n(self) -> int:
+        return self.request.params.top_logprobs
+
+    @property
+    def cancelled(self) -> bool:
+        return self.abandoned or self.request.cancel.is_set()
+
+    def on_token(
+        self, token: int, piece: bytes, eog: bool, logprob: float | None = None, top: tuple[TopLogprob, ...] = ()
+    ) -> bool:
+        """Take one sampled token; return True when the request is finished (and its event sent)."""
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        if eog:
+            self.finish("stop")
+            return True
+        self.produced += 1
+        self._pending.append(token)
+        text = self._matcher.feed(self._decoder.decode(piece))
+        if text or self._per_token:
+            self.out.put(TokenEvent(text=text, token_ids=tuple(self._pending), logprob=logprob, top_logprobs=top))
+            self._pending = []
+        if self._matcher.stopped:
+            self.finish("stop")
+            return True
+        if self.produced >= self.max_tokens:
+            self.finish("length")
+            return True
+        return False
+
+    def finish(self, reason: FinishReason) -> None:
+        """Send the held-back tail (unless stopped or cancelled) and the ``FinishEvent``."""
+        if self.finished:
+            return
+        self.finished = True
+        if reason != "cancelled" and not self._matcher.stopped:
+            # Bytes of a character cut off by max_tokens are dropped, as llama-cpp-python does.
+            tail = self._matcher.flush()
+            if tail:
+                self.out.put(TokenEvent(text=tail, token_ids=tuple(self._pending)))
+        end = time.perf_counter()
+        started = self.started_at or end
+        first = self.first_token_at or end
+        timings = Timings(queue_s=started - self.submitted_at, prefill_s=first - started, decode_s=end - first)
+        self.out.put(FinishEvent(reason, self.prompt_tokens, self.produced, timings=timings))
+
+    def fail(self, error: BaseException) -> None:
+        if not self.finished:
+            self.finished = True
+            self.out.put(error)
