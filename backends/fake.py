@@ -20,6 +20,7 @@ from backends.base import (
     GenerationRequest,
     Timings,
     TokenEvent,
+    TopLogprob,
 )
 from backends.stopping import StopMatcher
 
@@ -100,7 +101,7 @@ class FakeBackend:
             produced += 1
             text = matcher.feed(piece)
             if text:
-                yield TokenEvent(text=text, token_ids=(index,))
+                yield self._event(request, text, index)
             if matcher.stopped:
                 break
             if limit is not None and produced >= limit:
@@ -116,6 +117,18 @@ class FakeBackend:
             produced,
             timings=Timings(prefill_s=0.0, decode_s=elapsed),
         )
+
+    @staticmethod
+    def _event(request: GenerationRequest, text: str, index: int) -> TokenEvent:
+        """With ``logprobs``: each piece scores ``-0.5 * (index + 1)``, its alternatives lower still."""
+        if not request.params.logprobs:
+            return TokenEvent(text=text, token_ids=(index,))
+        logprob = -0.5 * (index + 1)
+        top = tuple(
+            TopLogprob(token=f"{text}~{k}" if k else text, logprob=logprob - k, bytes=list(text.encode()))
+            for k in range(request.params.top_logprobs)
+        )
+        return TokenEvent(text=text, token_ids=(index,), logprob=logprob, top_logprobs=top)
 
     def close(self) -> None:
         self.closed = True

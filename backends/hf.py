@@ -34,7 +34,9 @@ from backends.base import (
     SamplingParams,
     Timings,
     TokenEvent,
+    TopLogprob,
 )
+from backends.hf_logits import ScoreRecorder, processors
 from backends.model_files import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, safetensors_header
 from backends.select import AdapterSpec, BackendChoice, EngineOptions
 from backends.stopping import StopMatcher
@@ -221,6 +223,7 @@ class HFBackend:
         self._tokenizer = tokenizer
         self._device = torch.device(info.device)
         self._adapters = {a.name for a in info.adapters}
+        self._peft = bool(info.adapters)  # the model is a PeftModel (adapters can be switched)
         self._eos_ids = _eos_ids(model, tokenizer)
         self._lock = threading.Lock()  # one model, one adapter setting, one generation at a time
         self._closed = False
@@ -241,14 +244,48 @@ class HFBackend:
     def count_tokens(self, text: str) -> int:
         return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def generate(self, request: GenerationRequest) -> Iterator[GenerationEvent]:
+    def check_request(self, request: GenerationRequest) -> None:
+        """Refuse, by name, what this backend cannot honour (the server asks before queueing, so the
+        client gets a 400 rather than a stream that fails): constrained decoding has no well-kept
+        library in this backend's dependencies, so JSON schemas and grammars are refused."""
         params = request.params
         if params.grammar or params.json_schema:
             raise InvalidRequest(
-                "constrained decoding (grammar, JSON schema) needs the llama.cpp backend", param="response_format"
+                "the transformers backend does not support constrained decoding (response_format "
+                "json_object/json_schema, tool_choice 'required' or a named function); serve a GGUF "
+                "model through llama.cpp for these",
+                param="response_format",
             )
         if request.adapter is not None and request.adapter not in self._adapters:
             raise InvalidRequest(f"unknown adapter {request.adapter!r}", param="model")
+
+    def load_adapter(self, name: str, path: Path) -> None:
+        """Add a PEFT adapter while serving (``/v1/load_lora_adapter``), checked against the base first."""
+        spec = AdapterSpec(name=name, path=Path(path))
+        weights = _check_adapter_files(spec, EngineOptions())
+        with self._lock:
+            if self._closed:
+                raise BackendError("the model has been unloaded")
+            base = self._model.get_base_model() if self._adapters or self._peft else self._model
+            if weights:
+                _check_adapter_fits(base, spec)
+            if self._peft:
+                self._model.load_adapter(spec.path, adapter_name=name, is_trainable=False)
+            else:
+                self._model = _load_adapters(self._model, (spec,), [weights])
+                self._peft = True
+            self._model.to(self._device)
+            self._adapters.add(name)
+
+    def unload_adapter(self, name: str) -> None:
+        with self._lock:
+            if name not in self._adapters:
+                raise InvalidRequest(f"no adapter named {name!r} is loaded", param="lora_name")
+            self._model.delete_adapter(name)
+            self._adapters.discard(name)
+
+    def generate(self, request: GenerationRequest) -> Iterator[GenerationEvent]:
+        self.check_request(request)
         with self._lock:
             if self._closed:
                 raise BackendError("the model has been unloaded")
@@ -257,7 +294,7 @@ class HFBackend:
 
     @contextlib.contextmanager
     def _adapter(self, name: str | None) -> Iterator[None]:
-        if not self._adapters:
+        if not self._peft:
             yield
         elif name is None:
             with self._model.disable_adapter():
@@ -277,10 +314,11 @@ class HFBackend:
             )
         max_tokens = budget if params.max_tokens is None else min(params.max_tokens, budget)
         streamer = _QueueStreamer()
+        scores = ScoreRecorder(params.top_logprobs, self._torch) if params.logprobs else None
         stop = threading.Event()
         worker = threading.Thread(
             target=self._run,
-            args=(prompt, params, max_tokens, streamer, stop, request.cancel),
+            args=(prompt, params, max_tokens, streamer, stop, request.cancel, scores),
             name=f"hf-generate-{request.request_id}",
             daemon=True,
         )
@@ -290,10 +328,13 @@ class HFBackend:
         produced = 0
         first_token_at: float | None = None
         pending: list[int] = []
+        logprob = 0.0
+        top: tuple[TopLogprob, ...] = ()
         worker.start()
         try:
             for token in streamer:
                 first_token_at = first_token_at or time.perf_counter()
+                chosen = scores.take(token, self._token_text) if scores is not None else None
                 if request.cancel.is_set():
                     reason = "cancelled"
                     break
@@ -301,10 +342,16 @@ class HFBackend:
                     reason = "stop"
                     break
                 produced += 1
+                if chosen is not None:
+                    logprob, top = logprob + chosen[0], top or chosen[1]
                 pending.append(token)
                 text = matcher.feed(detokenizer.push(token))
                 if text:
-                    yield TokenEvent(text=text, token_ids=tuple(pending))
+                    if scores is None:
+                        yield TokenEvent(text=text, token_ids=tuple(pending))
+                    else:  # held-back tokens released together: their joint logprob, the first's alternatives
+                        yield TokenEvent(text=text, token_ids=tuple(pending), logprob=logprob, top_logprobs=top)
+                        logprob, top = 0.0, ()
                     pending.clear()
                 if matcher.stopped:
                     reason = "stop"
@@ -336,6 +383,7 @@ class HFBackend:
         streamer: _QueueStreamer,
         stop: threading.Event,
         cancel: threading.Event,
+        scores: ScoreRecorder | None,
     ) -> None:
         """The worker thread: ``model.generate`` with its tokens going to ``streamer``."""
         torch = self._torch
@@ -351,7 +399,9 @@ class HFBackend:
                         input_ids=input_ids,
                         attention_mask=torch.ones_like(input_ids),
                         generation_config=self._generation_config(params, max_tokens),
-                        logits_processor=LogitsProcessorList(_processors(params, len(prompt), torch)),
+                        logits_processor=LogitsProcessorList(
+                            [*processors(params, len(prompt), torch), *([scores] if scores else [])]
+                        ),
                         stopping_criteria=StoppingCriteriaList([_Halt(stop, cancel)]),
                         streamer=streamer,
                     )
@@ -378,6 +428,10 @@ class HFBackend:
             config.min_p = params.min_p or None
         return config
 
+    def _token_text(self, token: int) -> str:
+        text: str = self._tokenizer.decode([token], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        return text
+
     def close(self) -> None:
         with self._lock:
             if self._closed:
@@ -394,43 +448,6 @@ def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     ids = set(configured if isinstance(configured, list) else [configured])
     ids.add(tokenizer.eos_token_id)
     return frozenset(i for i in ids if isinstance(i, int))
-
-
-def _processors(params: SamplingParams, prompt_len: int, torch: Any) -> list[Any]:
-    """OpenAI's penalties and logit bias, which transformers has no flag for (they run before warpers)."""
-    processors: list[Any] = []
-    if params.presence_penalty or params.frequency_penalty:
-        processors.append(_Penalties(params.presence_penalty, params.frequency_penalty, prompt_len, torch))
-    if params.logit_bias:
-        processors.append(_LogitBias(params.logit_bias, torch))
-    return processors
-
-
-class _Penalties:
-    """OpenAI presence/frequency penalties, over the completion so far (not the prompt)."""
-
-    def __init__(self, presence: float, frequency: float, prompt_len: int, torch: Any) -> None:
-        self.presence, self.frequency, self.prompt_len, self.torch = presence, frequency, prompt_len, torch
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        generated = input_ids[:, self.prompt_len :]
-        if generated.shape[1] == 0:
-            return scores
-        counts = self.torch.zeros_like(scores).scatter_add_(
-            1, generated, self.torch.ones_like(generated, dtype=scores.dtype)
-        )
-        return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
-
-
-class _LogitBias:
-    def __init__(self, bias: dict[int, float], torch: Any) -> None:
-        self.ids = torch.tensor(list(bias.keys()))
-        self.values = torch.tensor(list(bias.values()))
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        scores = scores.clone()
-        scores[:, self.ids.to(scores.device)] += self.values.to(scores.device, scores.dtype)
-        return scores
 
 
 class _Halt:

@@ -71,10 +71,10 @@ class Choice:
         self.logprobs.extend(step.logprobs)
         for delta in step.calls:
             if delta.id is not None:
-                self.calls.append(ToolCall(id=delta.id, function=FunctionCall(name=delta.name or "", arguments="")))
+                call = FunctionCall(name=delta.name or "", arguments=delta.arguments)
+                self.calls.append(ToolCall(id=delta.id, function=call))
             elif self.calls:
-                call = self.calls[delta.index]
-                call.function.arguments += delta.arguments
+                self.calls[delta.index].function.arguments += delta.arguments
 
     def _logprobs(self, event: TokenEvent) -> list[LogprobEntry]:
         if not self._want_logprobs or event.logprob is None:

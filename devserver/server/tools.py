@@ -123,7 +123,7 @@ class Content:
 class CallDelta:
     index: int
     arguments: str
-    id: str | None = None  # set on a call's first delta only, with name
+    id: str | None = None  # set on a call's first delta only, with its name
     name: str | None = None
 
 
@@ -145,9 +145,7 @@ class Extractor:
 
     def _call(self, name: str, arguments: str) -> Iterator[Item]:
         index, self.calls = self.calls, self.calls + 1
-        yield CallDelta(index, "", id=f"call_{uuid.uuid4().hex[:24]}", name=name)
-        if arguments:
-            yield CallDelta(index, arguments)
+        yield CallDelta(index, arguments, id=f"call_{uuid.uuid4().hex[:24]}", name=name)
 
 
 class NamedExtractor(Extractor):
@@ -159,8 +157,8 @@ class NamedExtractor(Extractor):
 
     def feed(self, text: str) -> Iterator[Item]:
         if self.calls == 0:
-            yield from self._call(self._name, "")
-        if text:
+            yield from self._call(self._name, text)
+        elif text:
             yield CallDelta(0, text)
 
     def finish(self) -> Iterator[Item]:
