@@ -66,6 +66,7 @@ def test_load_reports_what_it_loaded(backend: llamacpp.LlamaCppBackend, smollm2_
     assert backend.info.model_file == str(smollm2_gguf)
     assert backend.info.reasons == ("test",)
     assert backend.info.extra["n_threads"] == 2
+    assert backend.info.max_concurrency == llamacpp.default_parallel(2048) == 4  # slots for --parallel
     assert backend.chat_template and "im_start" in backend.chat_template
     assert backend.special_tokens["eos_token"] == "<|im_end|>"
 
