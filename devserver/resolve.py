@@ -28,9 +28,10 @@ from typing import Any, Literal
 from devserver.errors import DigestMismatch, KitfileError, ModelKitError, RegistryUnreachable, UsageError
 from devserver.modelkit import mediatypes
 from devserver.modelkit.dialect import load_any_kitfile
+from devserver.modelkit.filters import check_existing_kitfile, kitfile_yaml, parse_filters, select_layers, wants_kitfile
 from devserver.modelkit.kitfile import Kitfile, find_kitfile, is_modelkit_reference
-from devserver.modelkit.layers import is_index, parse_index, parse_manifest, read_kitfile
-from devserver.modelkit.materialize import matched_layers, materialize
+from devserver.modelkit.layers import is_index, parse_index, parse_manifest, read_kitfile, serving_layers
+from devserver.modelkit.materialize import extract_layers, matched_layers, materialize
 from devserver.oci.kitstore import KitStorage
 from devserver.oci.options import RegistryOptions
 from devserver.oci.pull import MAX_MODEL_REF_CHAIN, choose_index_entry, pull_modelkit
@@ -38,7 +39,17 @@ from devserver.oci.reference import DEFAULT_REGISTRY, Reference, parse_reference
 from devserver.oci.registry import RegistryClient
 from devserver.oci.store import BlobSource, LocalStore
 
-__all__ = ["ResolvedModelKit", "kitfile_of", "merge_parent", "resolve", "resolve_directory", "resolve_reference"]
+__all__ = [
+    "Located",
+    "ResolvedModelKit",
+    "Resolver",
+    "kitfile_of",
+    "merge_parent",
+    "resolve",
+    "resolve_directory",
+    "resolve_reference",
+    "unpack_to_directory",
+]
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +88,7 @@ class ResolvedModelKit:
 
 
 @dataclass
-class _Located:
+class Located:
     """One ModelKit found somewhere: where its blobs are and what it is."""
 
     reference: Reference
@@ -91,12 +102,14 @@ class _Located:
     misses: int = 0
 
 
-class _Resolver:
+class Resolver:
+    """Finds ModelKits for one command: cache, kit's storage, registry (see the module docstring)."""
+
     def __init__(self, store: LocalStore, options: RegistryOptions, index_entry: str | None, layers: Layers) -> None:
         self.store, self.options, self.index_entry, self.layers = store, options, index_entry, layers
         self.kit = KitStorage()
 
-    def locate(self, reference: Reference, layers: Layers) -> _Located:
+    def locate(self, reference: Reference, layers: Layers) -> Located:
         cached = self._cached(reference)
         if cached is not None:
             return self._checked_against_registry(reference, cached, layers)
@@ -106,10 +119,10 @@ class _Resolver:
             return in_kit
         return self._pull(reference, layers)
 
-    def _cached(self, reference: Reference) -> _Located | None:
+    def _cached(self, reference: Reference) -> Located | None:
         return self._from_source(reference, self.store, "cache")
 
-    def _from_source(self, reference: Reference, source: Any, origin: Any) -> _Located | None:
+    def _from_source(self, reference: Reference, source: Any, origin: Any) -> Located | None:
         found = source.resolve(reference)
         if found is None:
             return None
@@ -124,9 +137,9 @@ class _Resolver:
         if not source.has_blob(manifest.config.digest):
             return None
         kitfile = read_kitfile(manifest, source.read_blob(manifest.config.digest))
-        return _Located(reference, source, digest, kitfile, _metadata(manifest.annotations), origin)
+        return Located(reference, source, digest, kitfile, _metadata(manifest.annotations), origin)
 
-    def _checked_against_registry(self, reference: Reference, cached: _Located, layers: Layers) -> _Located:
+    def _checked_against_registry(self, reference: Reference, cached: Located, layers: Layers) -> Located:
         if reference.digest or reference.registry == DEFAULT_REGISTRY:
             return cached
         try:
@@ -140,7 +153,7 @@ class _Resolver:
         log.info("%s moved on the registry to %s; pulling it", reference, digest)
         return self._pull(reference, layers)
 
-    def _pull(self, reference: Reference, layers: Layers) -> _Located:
+    def _pull(self, reference: Reference, layers: Layers) -> Located:
         if reference.registry == DEFAULT_REGISTRY:
             raise UsageError(
                 f"{reference} is not in the kit-dev cache or kit's storage and names no registry",
@@ -148,7 +161,7 @@ class _Resolver:
             )
         log.info("pulling %s", reference)
         pulled = pull_modelkit(reference, self.store, options=self.options, layers=layers, index_entry=self.index_entry)
-        return _Located(
+        return Located(
             reference,
             self.store,
             pulled.manifest_digest,
@@ -160,9 +173,9 @@ class _Resolver:
             len(pulled.fetched),
         )
 
-    def parents(self, kitfile: Kitfile, chain: list[str]) -> list[_Located]:
+    def parents(self, kitfile: Kitfile, chain: list[str]) -> list[Located]:
         """The ModelKits a ``model.path`` chain names, nearest first."""
-        found: list[_Located] = []
+        found: list[Located] = []
         while kitfile.model is not None and is_modelkit_reference(kitfile.model.path):
             parent = parse_reference(kitfile.model.path)
             if str(parent) in chain:
@@ -177,7 +190,7 @@ class _Resolver:
             kitfile = located.kitfile
         return found
 
-    def materialize(self, located: _Located, parents: list[_Located], layers: Layers) -> Path:
+    def materialize(self, located: Located, parents: list[Located], layers: Layers) -> Path:
         chain = [(p.source, p.digest) for p in reversed(parents)]
         try:
             return materialize(self.store, located.digest, layers=layers, source=located.source, parents=chain)
@@ -232,7 +245,7 @@ def resolve_directory(
         return ResolvedModelKit(kitfile=kitfile, root=root, metadata=loaded.metadata)
     if store is None:
         raise UsageError(f"{directory}: model.path names a ModelKit, which needs the cache to fetch it")
-    resolver = _Resolver(store, options or RegistryOptions(), None, "serving")
+    resolver = Resolver(store, options or RegistryOptions(), None, "serving")
     parents = resolver.parents(kitfile, [str(root)])
     for parent in parents:
         kitfile = merge_parent(kitfile, parent.kitfile)
@@ -269,7 +282,7 @@ def resolve_reference(
     index_entry: str | None = None,
 ) -> ResolvedModelKit:
     reference = parse_reference(text)
-    resolver = _Resolver(store, options or RegistryOptions(), index_entry, layers)
+    resolver = Resolver(store, options or RegistryOptions(), index_entry, layers)
     located = resolver.locate(reference, layers)
     parents = resolver.parents(located.kitfile, [str(reference)])
     kitfile = located.kitfile
@@ -305,3 +318,38 @@ def kitfile_of(store: BlobSource, manifest_digest: str) -> Kitfile:
     """The Kitfile a ModelKit carries: its config blob, or what its ModelPack manifest implies."""
     manifest = parse_manifest(store.read_blob(manifest_digest))
     return read_kitfile(manifest, store.read_blob(manifest.config.digest))
+
+
+def unpack_to_directory(
+    text: str,
+    store: LocalStore,
+    directory: Path,
+    filters: list[str],
+    *,
+    options: RegistryOptions | None = None,
+    overwrite: bool = False,
+    index_entry: str | None = None,
+) -> int:
+    """``kit-dev unpack``: the selected layers (and the Kitfile) of a ModelKit into ``directory``.
+
+    Parents named by ``model.path`` contribute their model and parts first when ``model`` is selected,
+    as kit's unpack does. Returns the number of layers written.
+    """
+    selection = parse_filters(filters)
+    resolver = Resolver(store, options or RegistryOptions(), index_entry, "all")
+    located = resolver.locate(parse_reference(text), "all")
+    directory.mkdir(parents=True, exist_ok=True)
+    kitfile = located.kitfile
+    count = 0
+    if any(f.matches_kind("model") for f in selection) or not selection:
+        for parent in reversed(resolver.parents(kitfile, [text])):
+            layers = serving_layers(matched_layers(parent.source, parent.digest))
+            extract_layers(parent.source, layers, directory, overwrite=True)
+            count += len(layers)
+    chosen = select_layers(matched_layers(located.source, located.digest), selection)
+    extract_layers(located.source, chosen, directory, overwrite=overwrite)
+    if wants_kitfile(selection):
+        text_yaml = kitfile_yaml(kitfile)
+        check_existing_kitfile(directory / "Kitfile", text_yaml, overwrite)
+        (directory / "Kitfile").write_text(text_yaml, encoding="utf-8")
+    return count + len(chosen)

@@ -39,6 +39,9 @@ class Filter:
     types: frozenset[str]
     ids: frozenset[str]
 
+    def matches_kind(self, filter_type: str) -> bool:
+        return filter_type in self.types
+
     def matches(self, layer: MatchedLayer) -> bool:
         kind = _KIND_TO_TYPE[layer.kind]
         if kind not in self.types:

@@ -119,6 +119,11 @@ class RegistryClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def ping(self) -> None:
+        """``GET /v2/`` through the auth flow: how ``login`` checks credentials before storing them."""
+        with self._request("GET", "/v2/", "login check"):
+            pass
+
     # -- manifests ---------------------------------------------------------------------------
 
     def get_manifest(self, repository: str, tag_or_digest: str) -> tuple[bytes, str, str]:
@@ -152,6 +157,18 @@ class RegistryClient:
         return digest
 
     # -- blobs -------------------------------------------------------------------------------
+
+    def read_small_blob(self, repository: str, digest: str, limit: int = MAX_MANIFEST_BYTES) -> bytes:
+        """A config-sized blob into memory, verified (inspect reads configs without storing them)."""
+        with self._request("GET", f"/v2/{repository}/blobs/{digest}", f"blob {digest}") as resp:
+            body = bytearray()
+            for chunk in resp.iter_bytes():
+                body.extend(chunk)
+                if len(body) > limit:
+                    raise RegistryError(f"blob {digest} on {self.registry} is larger than {limit} bytes")
+        if sha256_digest(bytes(body)) != digest:
+            raise DigestMismatch(f"blob {digest} from {self.registry} does not match its digest")
+        return bytes(body)
 
     def blob_exists(self, repository: str, digest: str) -> bool:
         try:
@@ -285,9 +302,7 @@ class RegistryClient:
         while True:
             with contextlib.ExitStack() as stack:
                 try:
-                    resp = stack.enter_context(
-                        self._client.stream(method, url, headers=all_headers, content=content)
-                    )
+                    resp = stack.enter_context(self._client.stream(method, url, headers=all_headers, content=content))
                     if resp.status_code in _RETRY_STATUSES and delays:
                         log.info("%s on %s: HTTP %d, retrying", what, self.registry, resp.status_code)
                         time.sleep(delays.pop(0))

@@ -235,6 +235,8 @@ class Download:
         try:
             if self._file is not None and not self._file.closed:
                 self._file.close()
+                if self.offset == 0:  # nothing to resume from: leave no empty file behind
+                    self.path.unlink(missing_ok=True)
         finally:
             self._lock.release()
 
