@@ -173,6 +173,11 @@ class Resolver:
             len(pulled.fetched),
         )
 
+    def complete(self, located: Located, needed: list[Any]) -> None:
+        """Fetch the layers a cached ModelKit lacks (``start`` pulled only the serving ones)."""
+        if located.source is self.store and not all(self.store.has_blob(m.descriptor.digest) for m in needed):
+            self._pull(located.reference.with_digest(located.digest), "all")
+
     def parents(self, kitfile: Kitfile, chain: list[str]) -> list[Located]:
         """The ModelKits a ``model.path`` chain names, nearest first."""
         found: list[Located] = []
@@ -347,6 +352,7 @@ def unpack_to_directory(
             extract_layers(parent.source, layers, directory, overwrite=True)
             count += len(layers)
     chosen = select_layers(matched_layers(located.source, located.digest), selection)
+    resolver.complete(located, chosen)
     extract_layers(located.source, chosen, directory, overwrite=overwrite)
     if wants_kitfile(selection):
         text_yaml = kitfile_yaml(kitfile)
