@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from devserver.errors import CacheError, DigestMismatch
+from devserver.errors import CacheError, DigestMismatch, ModelKitError
 from devserver.modelkit.layers import MatchedLayer, match_layers, parse_manifest, read_kitfile, serving_layers
 from devserver.modelkit.unpack import unpack_layer
 from devserver.oci.descriptor import Descriptor
@@ -79,13 +79,17 @@ def extract_layers(
                              hint="pull the ModelKit again")  # fmt: skip
         with source.open_blob(descriptor.digest) as raw:
             reader = _VerifyingReader(raw)
-            unpack_layer(
-                reader,  # type: ignore[arg-type]
-                descriptor.media_type,
-                target / layer.extract_into,
-                annotations=layer.annotations,
-                overwrite=overwrite,
-            )
+            try:
+                unpack_layer(
+                    reader,  # type: ignore[arg-type]
+                    descriptor.media_type,
+                    target / layer.extract_into,
+                    annotations=layer.annotations,
+                    overwrite=overwrite,
+                )
+            except ModelKitError:
+                reader.verify(descriptor)  # a corrupt blob is the real cause: say so, so it is refetched
+                raise
             reader.verify(descriptor)
 
 
