@@ -105,8 +105,10 @@ class Located:
 class Resolver:
     """Finds ModelKits for one command: cache, kit's storage, registry (see the module docstring)."""
 
-    def __init__(self, store: LocalStore, options: RegistryOptions, index_entry: str | None, layers: Layers) -> None:
-        self.store, self.options, self.index_entry, self.layers = store, options, index_entry, layers
+    def __init__(
+        self, store: LocalStore, options: RegistryOptions, index_entry: str | None, *, check_tags: bool = False
+    ) -> None:
+        self.store, self.options, self.index_entry, self.check_tags = store, options, index_entry, check_tags
         self.kit = KitStorage()
 
     def locate(self, reference: Reference, layers: Layers) -> Located:
@@ -140,7 +142,7 @@ class Resolver:
         return Located(reference, source, digest, kitfile, _metadata(manifest.annotations), origin)
 
     def _checked_against_registry(self, reference: Reference, cached: Located, layers: Layers) -> Located:
-        if reference.digest or reference.registry == DEFAULT_REGISTRY:
+        if not self.check_tags or reference.digest or reference.registry == DEFAULT_REGISTRY:
             return cached
         try:
             with RegistryClient(reference.registry, options=self.options) as client:
@@ -250,7 +252,7 @@ def resolve_directory(
         return ResolvedModelKit(kitfile=kitfile, root=root, metadata=loaded.metadata)
     if store is None:
         raise UsageError(f"{directory}: model.path names a ModelKit, which needs the cache to fetch it")
-    resolver = Resolver(store, options or RegistryOptions(), None, "serving")
+    resolver = Resolver(store, options or RegistryOptions(), None)
     parents = resolver.parents(kitfile, [str(root)])
     for parent in parents:
         kitfile = merge_parent(kitfile, parent.kitfile)
@@ -287,7 +289,7 @@ def resolve_reference(
     index_entry: str | None = None,
 ) -> ResolvedModelKit:
     reference = parse_reference(text)
-    resolver = Resolver(store, options or RegistryOptions(), index_entry, layers)
+    resolver = Resolver(store, options or RegistryOptions(), index_entry, check_tags=True)
     located = resolver.locate(reference, layers)
     parents = resolver.parents(located.kitfile, [str(reference)])
     kitfile = located.kitfile
@@ -341,7 +343,7 @@ def unpack_to_directory(
     as kit's unpack does. Returns the number of layers written.
     """
     selection = parse_filters(filters)
-    resolver = Resolver(store, options or RegistryOptions(), index_entry, "all")
+    resolver = Resolver(store, options or RegistryOptions(), index_entry)
     located = resolver.locate(parse_reference(text), "all")
     directory.mkdir(parents=True, exist_ok=True)
     kitfile = located.kitfile

@@ -84,7 +84,9 @@ class RegistryClient:
         options = options or RegistryOptions()
         self.registry = registry
         chosen = plain_http if plain_http is not None else options.plain_http
-        self.plain_http = default_plain_http(registry) if chosen is None else chosen
+        tls_asked = bool(options.ca_files or options.client_cert or not options.tls_verify)
+        # Loopback defaults to plain HTTP, unless a TLS flag says the registry speaks HTTPS.
+        self.plain_http = (default_plain_http(registry) and not tls_asked) if chosen is None else chosen
         self.monolithic_limit = monolithic_limit
         self.retry_delays = tuple(retry_delays)
         if auth is None:
@@ -345,6 +347,11 @@ class RegistryClient:
             return AuthError(message, hint="check the credentials and that you may access this repository")
         if resp.status_code == 404:
             return NotFoundError(message)
+        if resp.status_code == 400 and "HTTPS server" in resp.text:  # Go's answer to plain HTTP on a TLS port
+            return RegistryError(
+                f"registry {self.registry} speaks HTTPS, but kit-dev used plain HTTP (the loopback default)",
+                hint="pass --tls-cert CA_FILE (or --tls-verify=false) to use HTTPS",
+            )
         return RegistryError(message)
 
 
