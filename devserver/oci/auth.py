@@ -119,6 +119,16 @@ class RegistryAuth(httpx.Auth):
             except StopIteration:
                 return
 
+    def header_for(self, method: str, url: str) -> str | None:
+        """The ``Authorization`` this host already granted for such a request, if any (no network).
+
+        The blob fast path (``devserver.oci.fastget``) sends it; without one it falls back to httpx,
+        whose flow answers the challenge and fills the cache for the next blob.
+        """
+        request = httpx.Request(method, url)
+        self._authorize_up_front(request, request_scope(request))
+        return request.headers.get("Authorization")
+
     # -- the flow: yields (request, whether its response body is needed) ---------------------
 
     def _flow(self, request: httpx.Request) -> _Flow:
