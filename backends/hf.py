@@ -261,7 +261,7 @@ class HFBackend:
 
     def load_adapter(self, name: str, path: Path) -> None:
         """Add a PEFT adapter while serving (``/v1/load_lora_adapter``), checked against the base first."""
-        spec = AdapterSpec(name=name, path=Path(path))
+        spec = AdapterSpec(name=name, path=Path(path), kind="peft-lora")
         weights = _check_adapter_files(spec, EngineOptions())
         with self._lock:
             if self._closed:

@@ -34,11 +34,20 @@ ToolMode = Literal["none", "auto", "required", "named"]
 
 
 def tool_mode(request: ChatCompletionRequest) -> ToolMode:
+    """``required`` with a single tool is that tool named: a smaller grammar, arguments streamed live."""
     if not request.calls_tools:
         return "none"
     if isinstance(request.tool_choice, NamedToolChoice):
         return "named"
-    return "required" if request.tool_choice == "required" else "auto"
+    if request.tool_choice == "required":
+        return "named" if len(request.tools or ()) == 1 else "required"
+    return "auto"
+
+
+def _named(request: ChatCompletionRequest) -> str:
+    if isinstance(request.tool_choice, NamedToolChoice):
+        return request.tool_choice.function.name
+    return (request.tools or [])[0].function.name
 
 
 def check_tool_syntax(request: ChatCompletionRequest, template: ChatTemplate) -> None:
@@ -55,8 +64,7 @@ def constraint(request: ChatCompletionRequest) -> dict[str, Any] | None:
     """The JSON schema decoding must follow: a forced tool call, ``response_format``, or none."""
     mode = tool_mode(request)
     if mode in ("named", "required"):
-        named = request.tool_choice.function.name if isinstance(request.tool_choice, NamedToolChoice) else None
-        return call_schema(request.tools or [], named)
+        return call_schema(request.tools or [], _named(request) if mode == "named" else None)
     return request.response_schema()
 
 
@@ -64,8 +72,7 @@ def extractor(request: ChatCompletionRequest) -> Extractor:
     """A fresh parser of one choice's text into content and tool calls."""
     mode = tool_mode(request)
     if mode == "named":
-        assert isinstance(request.tool_choice, NamedToolChoice)
-        return NamedExtractor(request.tool_choice.function.name)
+        return NamedExtractor(_named(request))
     if mode == "required":
         return RequiredExtractor()
     return HermesExtractor() if mode == "auto" else Extractor()

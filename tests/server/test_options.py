@@ -89,13 +89,14 @@ def test_named_tool_choice_streams_id_and_name_once_then_arguments(serve: Server
 def test_required_tool_choice_constrains_to_a_whole_call(serve: ServerFactory) -> None:
     backend = FakeBackend(pieces=('{"name": "get_weather", ', '"arguments": {"city": "Oslo"}}'))
     server = serve(backend)
-    body = post(server.url, "/v1/chat/completions", chat_body(tools=[TOOL], tool_choice="required")).json()
+    other = {"type": "function", "function": {"name": "get_time"}}
+    body = post(server.url, "/v1/chat/completions", chat_body(tools=[TOOL, other], tool_choice="required")).json()
     choice = body["choices"][0]
     assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
     call = choice["message"]["tool_calls"][0]
     assert call["function"] == {"name": "get_weather", "arguments": '{"city": "Oslo"}'}
     schema = backend.requests[0].params.json_schema
-    assert schema is not None and schema["properties"]["name"] == {"const": "get_weather"}
+    assert schema is not None and schema["anyOf"][0]["properties"]["name"] == {"const": "get_weather"}
 
 
 def test_auto_tool_calls_are_parsed_from_hermes_tags(serve: ServerFactory) -> None:
@@ -232,7 +233,7 @@ def test_system_folds_into_the_first_user_turn_and_runs_join() -> None:
                 {"role": "user", "content": "a"},
                 {"role": "user", "content": "b"},
             ],
-        }  # fmt: skip
+        }
     )
     prompt = template.render(chat.template_messages(request, template))
     assert prompt == "<user>S\n\na\n\nb</s>"
