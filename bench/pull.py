@@ -111,9 +111,8 @@ def main() -> int:
             elapsed, rss = run_kitdev(reference, work / f"cache-{round_}", args.concurrency)
             shutil.rmtree(work / f"cache-{round_}")
             best_kitdev, peak = min(best_kitdev, elapsed), max(peak, rss)
-            print(
-                f"  kit-dev pull  {elapsed:6.2f} s  {total / elapsed / 1e6:7.1f} MB/s  peak RSS {rss / (1 << 20):.0f} MiB"
-            )
+            rate = total / elapsed / 1e6
+            print(f"  kit-dev pull  {elapsed:6.2f} s  {rate:7.1f} MB/s  peak RSS {rss / (1 << 20):.0f} MiB")
             elapsed = run_curl(registry.url, "bench/weights", [d.digest for d in blobs], work / f"curl-{round_}",
                                args.concurrency)  # fmt: skip
             shutil.rmtree(work / f"curl-{round_}")
