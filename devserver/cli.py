@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ log = logging.getLogger("kit-dev")
 _SETTINGS_FLAGS = (
     "cache_dir", "plain_http", "host", "port", "api_key", "queue_size", "max_tokens_limit", "chat_template",
     "metrics_compat", "log_level", "backend", "device", "model_file", "ctx_size", "threads", "n_gpu_layers",
-    "parallel", "trust_remote_code", "allow_pickle",
+    "parallel", "trust_remote_code", "allow_pickle", "allow_runtime_lora",
 )  # fmt: skip
 
 
@@ -105,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--metrics-compat", action="append", choices=["vllm"], help="also expose vLLM metric names")
     start.add_argument("--trust-remote-code", action="store_true", default=None, help="let transformers run model code")
     start.add_argument("--allow-pickle", action="store_true", default=None, help="allow .bin/.pt pickle weights")
+    start.add_argument(
+        "--allow-runtime-lora", action="store_true", default=None,
+        help="enable POST /v1/load_lora_adapter and /v1/unload_lora_adapter",
+    )  # fmt: skip
     start.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     start.add_argument("--index-entry", help="which ModelKit of an index to serve (digest, position or name)")
     _add_cache_flags(start)
@@ -212,12 +217,16 @@ def _serve_foreground(args: argparse.Namespace, settings: Settings) -> int:
     _configure_logging(settings.log_level)
     store = LocalStore(settings.cache_dir)
     target = args.directory or args.modelkit
-    options = registry_options(args, settings)
-    resolved = resolve.resolve(target, store, options=options, index_entry=args.index_entry)
+    network = registry_options(args, settings)
+    began = time.monotonic()
+    resolved = resolve.resolve(target, store, options=network, index_entry=args.index_entry)
+    resolve_seconds = time.monotonic() - began
     model = resolved.kitfile.model
     options = launch.engine_options(settings, model.parameters if model else None)
     choice = launch.choose(resolved, settings, options)
-    config = launch.server_config(resolved, settings, choice)
+    config = launch.server_config(
+        resolved, settings, store=store, registry_options=network, resolve_seconds=resolve_seconds
+    )
     app = create_app(config, launch.backend_loader(choice, options))
     log.info("serving %s as model %r on http://%s:%d/v1", target, config.model.id, settings.host, settings.port)
     serve(app, settings.host, settings.port, log_level=settings.log_level)

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from backends.base import Backend
 from backends.select import BackendChoice, EngineOptions, PartInfo, choose_backend
 from devserver.errors import BackendError
-from devserver.resolve import ResolvedModelKit
-from devserver.server.config import ServedModel, ServerConfig
+from devserver.oci.options import RegistryOptions
+from devserver.oci.store import LocalStore
+from devserver.resolve import ResolvedModelKit, resolve_reference
+from devserver.server.config import PullStats, ServedModel, ServerConfig
 from devserver.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -86,7 +89,35 @@ def backend_loader(choice: BackendChoice, options: EngineOptions) -> Callable[[]
     return load
 
 
-def server_config(resolved: ResolvedModelKit, settings: Settings, choice: BackendChoice) -> ServerConfig:
+def pull_stats(resolved: ResolvedModelKit, seconds: float) -> PullStats | None:
+    """What resolving cost, for ``/metrics``; None for a directory served in place."""
+    if resolved.source == "directory":
+        return None
+    return PullStats(
+        seconds=seconds,
+        bytes=resolved.fetched_bytes,
+        cache_hits=resolved.cache_hits,
+        cache_misses=resolved.cache_misses,
+    )
+
+
+def adapter_resolver(store: LocalStore, options: RegistryOptions) -> Callable[[str], Path]:
+    """For ``POST /v1/load_lora_adapter`` with a ModelKit reference: pull it, return its model path."""
+
+    def resolve_adapter(reference: str) -> Path:
+        return resolve_reference(reference, store, options=options).model_path
+
+    return resolve_adapter
+
+
+def server_config(
+    resolved: ResolvedModelKit,
+    settings: Settings,
+    *,
+    store: LocalStore,
+    registry_options: RegistryOptions,
+    resolve_seconds: float,
+) -> ServerConfig:
     aliases = tuple(a for a in (resolved.reference,) if a and a != resolved.model_id)
     package = resolved.kitfile.package
     served = ServedModel(
@@ -95,6 +126,7 @@ def server_config(resolved: ResolvedModelKit, settings: Settings, choice: Backen
         reference=resolved.reference or str(resolved.root),
         digest=resolved.digest,
         version=(package.version if package and package.version else None) or resolved.tag,
+        metadata=resolved.metadata,
     )
     template = settings.chat_template.read_text() if settings.chat_template else None
     return ServerConfig(
@@ -104,4 +136,8 @@ def server_config(resolved: ResolvedModelKit, settings: Settings, choice: Backen
         max_tokens_limit=settings.max_tokens_limit,
         chat_template=template,
         metrics_compat=tuple(settings.metrics_compat),
+        allow_runtime_lora=settings.allow_runtime_lora,
+        lora_resolver=adapter_resolver(store, registry_options) if settings.allow_runtime_lora else None,
+        pull=pull_stats(resolved, resolve_seconds),
+        cache_dir=settings.cache_dir,
     )

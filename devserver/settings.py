@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     parallel: int | None = Field(None, ge=1)
     trust_remote_code: bool = False
     allow_pickle: bool = False
+    allow_runtime_lora: bool = Field(False, description="enable POST /v1/load_lora_adapter and unload")
 
     @property
     def run_dir(self) -> Path:
