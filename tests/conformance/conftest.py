@@ -20,7 +20,10 @@ import pytest
 from backends.base import Backend
 from backends.select import EngineOptions, choose_backend
 from devserver.server.app import create_app
+from tests.backends import conftest as backend_fixtures
 from tests.server.conftest import MODEL_ID, LiveServer, make_config
+
+built_fixtures = backend_fixtures.built_fixtures  # the fixture models, shared with the backend tests
 
 OPTIONS = EngineOptions(ctx_size=2048, threads=2, parallel=4)
 TOKENS_LIMIT = 24
