@@ -77,7 +77,10 @@ def test_greedy_streaming_and_plain_equal_in_process_llama_cpp(server: LiveServe
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
-    finished = delta("kitdev_requests_total", status="stop") + delta("kitdev_requests_total", status="length")
+    assert delta("kitdev_requests_total", status="200") == 2
+    finished = delta("kitdev_request_success_total", finished_reason="stop") + delta(
+        "kitdev_request_success_total", finished_reason="length"
+    )
     assert finished == 2
     assert delta("kitdev_generation_tokens_total") == plain.usage.completion_tokens + chunks[-1].usage.completion_tokens
     assert delta("kitdev_prompt_tokens_total") == plain.usage.prompt_tokens + chunks[-1].usage.prompt_tokens
