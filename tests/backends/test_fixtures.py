@@ -13,7 +13,7 @@ from backends.gguf_meta import read_metadata
 from backends.hardware import Hardware
 from backends.select import BackendChoice, PartInfo, choose_backend
 from devserver.modelkit.kitfile import find_kitfile, load_kitfile
-from tests.backends.conftest import FIXTURES, REPO
+from tests.conftest import FIXTURES, REPO
 
 pytestmark = pytest.mark.slow
 CPU = Hardware(cpu_count=2)

@@ -2,7 +2,8 @@
 
 ``llama_server`` serves SmolLM2 (GGUF) through llama.cpp, picked by ``choose_backend`` as the CLI
 picks it; ``hf_server`` serves the same model as safetensors through transformers (the fixture that
-``scripts/build_fixtures.py`` builds). ``template_kits`` are ModelKit sources made from SmolLM2 with
+``scripts/build_fixtures.py`` builds). Both are packed, pushed to a real registry and pulled into an
+empty cache first, as ``kit-dev start --modelkit`` does. ``template_kits`` are ModelKit sources made from SmolLM2 with
 the chat template in the GGUF replaced (no system slot, one that does not parse, Hermes tool
 syntax). ``max_tokens_limit`` keeps every generation short so the whole suite stays quick.
 """
@@ -20,10 +21,9 @@ import pytest
 from backends.base import Backend
 from backends.select import EngineOptions, choose_backend
 from devserver.server.app import create_app
-from tests.backends import conftest as backend_fixtures
 from tests.server.conftest import MODEL_ID, LiveServer, make_config
-
-built_fixtures = backend_fixtures.built_fixtures  # the fixture models, shared with the backend tests
+from tests.support.modelkits import kit_source, pulled
+from tests.support.registry import RegistryProcess
 
 OPTIONS = EngineOptions(ctx_size=2048, threads=2, parallel=4)
 TOKENS_LIMIT = 24
@@ -75,16 +75,27 @@ def start(loader: Callable[[], Backend], *, ready: bool = True, **config: Any) -
 
 
 @pytest.fixture(scope="session")
-def llama_server(smollm2_gguf: Path) -> Iterator[LiveServer]:
+def llama_server(
+    smollm2_gguf: Path, session_registry: RegistryProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """SmolLM2 GGUF served from a ModelKit pulled from the test registry."""
     pytest.importorskip("llama_cpp")
-    server = start(llama_loader(smollm2_gguf), allow_runtime_lora=True)
+    work = tmp_path_factory.mktemp("llama-kit")
+    resolved = pulled(kit_source(work, smollm2_gguf, name=MODEL_ID), session_registry, work, "conformance/gguf")
+    server = start(llama_loader(resolved.model_path), allow_runtime_lora=True)
     yield server
     server.__exit__(None, None, None)
 
 
 @pytest.fixture(scope="session")
-def hf_server(built_fixtures: dict[str, Path]) -> Iterator[LiveServer]:
-    server = start(hf_loader(built_fixtures["hf_model"]), allow_runtime_lora=True)
+def hf_server(
+    built_fixtures: dict[str, Path], session_registry: RegistryProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """SmolLM2 safetensors served from a ModelKit pulled from the test registry."""
+    work = tmp_path_factory.mktemp("hf-kit")
+    source = kit_source(work, built_fixtures["hf_model"], name=MODEL_ID)
+    resolved = pulled(source, session_registry, work, "conformance/safetensors")
+    server = start(hf_loader(resolved.model_path), allow_runtime_lora=True)
     yield server
     server.__exit__(None, None, None)
 
