@@ -145,7 +145,11 @@ class LlamaCppBackend:
         max_tokens = request.params.max_tokens
         stream = RequestStream(request, len(prompt), budget if max_tokens is None else min(max_tokens, budget))
         sampler = SamplerChain(self._model.lib, self._model.vocab, self._model.n_vocab, request.params)
-        self._scheduler.submit(Sequence(stream, prompt, sampler, request.adapter))
+        try:
+            self._scheduler.submit(Sequence(stream, prompt, sampler, request.adapter))
+        except BackendError:
+            sampler.free()  # the scheduler never saw it, so nothing else will
+            raise
         try:
             while True:
                 item = stream.out.get()
