@@ -22,7 +22,7 @@ from backends.base import Backend
 from backends.select import EngineOptions, choose_backend
 from devserver.server.app import create_app
 from tests.server.conftest import MODEL_ID, LiveServer, make_config
-from tests.support.modelkits import kit_source, pulled
+from tests.support.pulled_kits import kit_source, pulled
 from tests.support.registry import RegistryProcess
 
 OPTIONS = EngineOptions(ctx_size=2048, threads=2, parallel=4)
