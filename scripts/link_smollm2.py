@@ -30,16 +30,22 @@ def smollm2_gguf() -> Path:
     return path
 
 
+def link_or_copy(source: Path, target: Path) -> None:
+    """A hard link costs no disk and, unlike a symlink, packs (kit skips symlinks); copy across devices."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
 def main() -> None:
     target_dir = Path(sys.argv[1])
     source, target = smollm2_gguf(), target_dir / FILE_NAME
     if target.exists() and target.stat().st_size == source.stat().st_size:
         return
     target.unlink(missing_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
+    link_or_copy(source, target)
     target.chmod(0o644)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from scripts.link_smollm2 import link_or_copy
 from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,10 +45,7 @@ def kitdev(tmp_path: Path) -> Iterator[KitDev]:
 def smollm2_kit_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Path:
     """A ModelKit source directory: the real SmolLM2 GGUF, a Kitfile, and docs/code that serving skips."""
     directory = tmp_path_factory.mktemp("smollm2-kit")
-    try:
-        os.link(smollm2_gguf, directory / smollm2_gguf.name)
-    except OSError:
-        shutil.copyfile(smollm2_gguf, directory / smollm2_gguf.name)
+    link_or_copy(smollm2_gguf, directory / smollm2_gguf.name)
     (directory / "docs").mkdir()
     (directory / "docs" / "README.md").write_text("# SmolLM2 test kit\n")
     (directory / "src").mkdir()
@@ -67,5 +64,3 @@ def smollm2_kit_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path
 @pytest.fixture
 def port() -> int:
     return free_port()
-
-

@@ -3,8 +3,6 @@ into an empty cache and unpacked, exactly as ``kit-dev start --modelkit REF`` do
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 from devserver.modelkit.pack import pack_modelkit
@@ -13,16 +11,8 @@ from devserver.oci.reference import parse_reference
 from devserver.oci.registry import RegistryClient
 from devserver.oci.store import LocalStore
 from devserver.resolve import ResolvedModelKit, resolve_reference
+from scripts.link_smollm2 import link_or_copy
 from tests.support.registry import RegistryProcess
-
-
-def link_file(source: Path, destination: Path) -> None:
-    """Hard-link (else copy): pack refuses symlinks, and a link costs no disk."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, destination)
-    except OSError:
-        shutil.copyfile(source, destination)
 
 
 def kit_source(work: Path, model: Path, *, name: str) -> Path:
@@ -31,10 +21,10 @@ def kit_source(work: Path, model: Path, *, name: str) -> Path:
     directory.mkdir(parents=True)
     if model.is_dir():
         for path in sorted(p for p in model.rglob("*") if p.is_file()):
-            link_file(path, directory / "model" / path.relative_to(model))
+            link_or_copy(path, directory / "model" / path.relative_to(model))
         model_path = "model"
     else:
-        link_file(model, directory / model.name)
+        link_or_copy(model, directory / model.name)
         model_path = model.name
     (directory / "Kitfile").write_text(f"manifestVersion: 1.0.0\nmodel:\n  name: {name}\n  path: {model_path}\n")
     return directory
