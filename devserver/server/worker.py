@@ -109,9 +109,7 @@ class ModelWorker:
                 f"{len(requests)} generations exceed the queue size ({self._queue.maxsize})", param="n"
             )
         if self._queue.maxsize - self._queue.qsize() < len(requests):
-            raise QueueFull(
-                f"the model's queue is full ({self._queue.maxsize} waiting)", hint="retry after a moment"
-            )
+            raise QueueFull(f"the model's queue is full ({self._queue.maxsize} waiting)", hint="retry after a moment")
         return [self.submit(request, on_start) for request in requests]
 
     def _run(self) -> None:
