@@ -41,6 +41,7 @@ from devserver.modelkit.kitfile import (
     Package,
     Prompt,
     is_modelkit_reference,
+    load_with,
 )
 
 __all__ = ["LoadedKitfile", "is_older_dialect", "load_any_kitfile", "parse_any_kitfile", "read_dialect"]
@@ -109,14 +110,7 @@ def parse_any_kitfile(text: str, *, validate: bool = True) -> LoadedKitfile:
 
 def load_any_kitfile(path: Path) -> LoadedKitfile:
     """Read the Kitfile at ``path`` in either dialect; errors name the file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise KitfileError(f"cannot read Kitfile {path}: {exc.strerror or exc}") from exc
-    try:
-        return parse_any_kitfile(text)
-    except KitfileError as exc:
-        raise KitfileError(f"{path}: {exc.message}", hint=exc.hint) from exc
+    return load_with(path, parse_any_kitfile)
 
 
 def compose(text: str) -> Node | None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import posixpath
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -40,6 +40,8 @@ __all__ = [
     "load_kitfile",
     "parse_kitfile",
 ]
+
+T = TypeVar("T")
 
 KITFILE_NAMES = ("Kitfile", "kitfile", ".kitfile")
 _PART_TYPE = re.compile(r"^[\w][\w.-]*$")
@@ -266,16 +268,21 @@ def parse_kitfile(text: str, *, validate: bool = True) -> Kitfile:
     return kitfile
 
 
-def load_kitfile(path: Path) -> Kitfile:
-    """Read, decode and validate the Kitfile at ``path``."""
+def load_with(path: Path, parse: Callable[[str], T]) -> T:
+    """Read the Kitfile at ``path`` and ``parse`` its text; every error names the file."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise KitfileError(f"cannot read Kitfile {path}: {exc.strerror or exc}") from exc
     try:
-        return parse_kitfile(text)
+        return parse(text)
     except KitfileError as exc:
         raise KitfileError(f"{path}: {exc.message}", hint=exc.hint) from exc
+
+
+def load_kitfile(path: Path) -> Kitfile:
+    """Read, decode and validate the Kitfile at ``path``."""
+    return load_with(path, parse_kitfile)
 
 
 def find_kitfile(directory: Path) -> Path:
