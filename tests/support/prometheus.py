@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from tests.support.ports import free_port, wait_http
+from tests.support.processes import end_process
 
 
 @dataclass
@@ -58,12 +59,7 @@ class PrometheusProcess:
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+            end_process(self.process, grace=10)
             self.process = None
 
     def query(self, expr: str) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support.ports import free_port, wait_http
+from tests.support.processes import end_process
 
 _BLOB_GET = re.compile(
     r'"GET /v2/(?P<repo>[^ ]+)/blobs/(?P<digest>sha256:[0-9a-f]{64}) HTTP/[0-9.]+" (?P<status>\d{3})'
@@ -59,11 +60,7 @@ class RegistryProcess:
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+            end_process(self.process, grace=5)
             self.process = None
 
     def blob_gets(self) -> list[str]:
