@@ -1,15 +1,18 @@
 """safetensors (and, when allowed, pickle) models through transformers + torch, with PEFT LoRA adapters.
 
 ``load`` reads the model directory offline (no hub, ever), in bfloat16 on CUDA and float32 on the CPU
-(CPU bfloat16 matmuls are slow and lose the parity with llama.cpp that tests rely on). ``generate``
-runs ``model.generate`` in a worker thread and streams its tokens back through a queue: transformers
-owns the sampling (its logits warpers are the reference implementations) and we own the text —
+(CPU bfloat16 matmuls are slow and lose the parity with llama.cpp that tests rely on). Requests that
+arrive together are decoded together: ``generate`` tokenizes, queues a ``Row`` with the batcher
+(``backends.hf_batching``), whose thread runs left-padded batches of up to ``--parallel`` rows
+(``backends.hf_decode``, each row sampling with its own settings and seed, ``backends.hf_logits``),
+and then streams its own row's tokens back. The text is ours, on the request's own thread:
 incremental UTF-8-safe decoding, stop strings via ``backends.stopping``, cancellation within a token.
 
-Adapters are loaded once, at start, into one ``PeftModel``; each request picks one by name
-(``set_adapter``) or none (``disable_adapter``), under the backend's lock, so switching costs nothing.
+Adapters are loaded once, at start, into one ``PeftModel``; a batch holds the requests of one adapter,
+picked by name (``set_adapter``) or none (``disable_adapter``) for the batch, so switching costs nothing.
 
-Only this module imports torch/transformers/peft, and it imports nothing from ``devserver.server``.
+Only this module and ``backends.hf_*`` import torch/transformers/peft, and they import nothing from
+``devserver.server``.
 """
 
 from __future__ import annotations
@@ -31,18 +34,20 @@ from backends.base import (
     FinishReason,
     GenerationEvent,
     GenerationRequest,
-    SamplingParams,
     Timings,
     TokenEvent,
     TopLogprob,
 )
-from backends.hf_logits import ScoreRecorder, processors
+from backends.hf_batching import Batcher
+from backends.hf_decode import BatchDecoder, Ended, Row, first_line
+from backends.hf_logits import Choice
 from backends.model_files import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, safetensors_header
 from backends.select import AdapterSpec, BackendChoice, EngineOptions
 from backends.stopping import StopMatcher
 from devserver.errors import BackendError, ContextLengthExceeded, InvalidRequest
 
-_END = object()  # the streamer's end-of-generation marker
+DEFAULT_PARALLEL = 4  # rows per batch when --parallel is not given
+POLL_S = 0.05  # how often a request still waiting for its batch checks whether it was cancelled
 
 
 def _import_engine() -> tuple[Any, Any]:
@@ -74,7 +79,7 @@ def load(choice: BackendChoice, options: EngineOptions) -> HFBackend:
             directory, dtype=dtype, use_safetensors=use_safetensors, **common
         )
     except (OSError, ValueError, RuntimeError, KeyError, ImportError) as exc:
-        raise BackendError(f"transformers could not load {directory.name}: {_first_line(exc)}") from exc
+        raise BackendError(f"transformers could not load {directory.name}: {first_line(exc)}") from exc
     model.to(device)
     # Decoding settings come only from each request: a checkpoint's generation_config.json (its own
     # temperature, top_k, min_p...) would otherwise fill every value a request leaves unset.
@@ -88,12 +93,13 @@ def load(choice: BackendChoice, options: EngineOptions) -> HFBackend:
         model = _load_adapters(model, choice.adapters, adapter_safetensors)
         model.to(device)
     context = options.ctx_size or _context_size(model, tokenizer)
+    parallel = options.parallel or DEFAULT_PARALLEL
     info = BackendInfo(
         name="transformers",
         device=device,
         model_file=str(directory),
         context_size=context,
-        max_concurrency=1,
+        max_concurrency=parallel,
         adapters=tuple(AdapterInfo(a.name, str(a.path), "peft-lora") for a in choice.adapters),
         reasons=choice.reasons,
         extra={
@@ -101,6 +107,7 @@ def load(choice: BackendChoice, options: EngineOptions) -> HFBackend:
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "threads": torch.get_num_threads(),
+            "parallel": parallel,
         },
     )
     return HFBackend(model, tokenizer, info)
@@ -146,7 +153,7 @@ def _load_adapters(model: Any, adapters: tuple[AdapterSpec, ...], safetensors: l
             else:
                 peft_model.load_adapter(spec.path, adapter_name=spec.name, is_trainable=False)
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
-            raise BackendError(f"part {spec.name!r} ({spec.path}) could not be loaded: {_first_line(exc)}") from exc
+            raise BackendError(f"part {spec.name!r} ({spec.path}) could not be loaded: {first_line(exc)}") from exc
     assert peft_model is not None
     peft_model.eval()
     return peft_model
@@ -207,13 +214,9 @@ def _context_size(model: Any, tokenizer: Any) -> int:
     return tokenizer_max if isinstance(tokenizer_max, int) and 0 < tokenizer_max < 10**7 else 2048
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 class HFBackend:
-    """One loaded transformers model (optionally a PeftModel with named adapters); one request at a time."""
+    """One loaded transformers model (optionally a PeftModel with named adapters); requests that arrive
+    together are decoded as one batch, up to ``info.max_concurrency`` of them."""
 
     def __init__(self, model: Any, tokenizer: Any, info: BackendInfo) -> None:
         import torch
@@ -225,7 +228,10 @@ class HFBackend:
         self._adapters = {a.name for a in info.adapters}
         self._peft = bool(info.adapters)  # the model is a PeftModel (adapters can be switched)
         self._eos_ids = _eos_ids(model, tokenizer)
-        self._lock = threading.Lock()  # one model, one adapter setting, one generation at a time
+        pad_id = model.generation_config.pad_token_id
+        self._decoder = BatchDecoder(torch, self._device, self._eos_ids, pad_id or min(self._eos_ids, default=0))
+        self._lock = threading.Lock()  # held by a running batch, and by whatever changes the model
+        self._batcher: Batcher[Row] = Batcher(self._run_batch, self._lock, info.max_concurrency)
         self._closed = False
         self.info = info
 
@@ -284,13 +290,39 @@ class HFBackend:
             self._model.delete_adapter(name)
             self._adapters.discard(name)
 
+    @property
+    def batch_sizes(self) -> dict[int, int]:
+        """How many batches of each size have run (a batch of 4 means four requests decoded together)."""
+        return self._batcher.batch_sizes
+
     def generate(self, request: GenerationRequest) -> Iterator[GenerationEvent]:
         self.check_request(request)
-        with self._lock:
-            if self._closed:
-                raise BackendError("the model has been unloaded")
-            with self._adapter(request.adapter):
-                yield from self._generate(request)
+        if self._closed:
+            raise BackendError("the model has been unloaded")
+        params = request.params
+        prompt = self._tokenizer(request.prompt, add_special_tokens=request.add_special_tokens)["input_ids"]
+        budget = self.info.context_size - len(prompt)
+        if budget <= 0:
+            raise ContextLengthExceeded(
+                f"the prompt is {len(prompt)} tokens; the context holds {self.info.context_size}", param="messages"
+            )
+        max_tokens = budget if params.max_tokens is None else min(params.max_tokens, budget)
+        row = Row(prompt, params, max_tokens, request.adapter, request.cancel)
+        if max_tokens > 0:
+            self._batcher.submit(row)
+        else:
+            row.end()
+        yield from self._stream(request, row)
+
+    def _run_batch(self, rows: list[Row]) -> None:
+        """The batcher's thread, holding ``self._lock``: one batch, all of one adapter."""
+        if self._closed:
+            raise BackendError("the model has been unloaded")
+        adapter = rows[0].adapter
+        if adapter is not None and adapter not in self._adapters:
+            raise BackendError(f"adapter {adapter!r} is not loaded")
+        with self._adapter(adapter):
+            self._decoder.run(self._model, rows)
 
     @contextlib.contextmanager
     def _adapter(self, name: str | None) -> Iterator[None]:
@@ -303,25 +335,9 @@ class HFBackend:
             self._model.set_adapter(name)
             yield
 
-    def _generate(self, request: GenerationRequest) -> Iterator[GenerationEvent]:
-        start = time.perf_counter()
+    def _stream(self, request: GenerationRequest, row: Row) -> Iterator[GenerationEvent]:
+        """``row``'s tokens as events, on the request's own thread, while the batch decodes."""
         params = request.params
-        prompt = self._tokenizer(request.prompt, add_special_tokens=request.add_special_tokens)["input_ids"]
-        budget = self.info.context_size - len(prompt)
-        if budget <= 0:
-            raise ContextLengthExceeded(
-                f"the prompt is {len(prompt)} tokens; the context holds {self.info.context_size}", param="messages"
-            )
-        max_tokens = budget if params.max_tokens is None else min(params.max_tokens, budget)
-        streamer = _QueueStreamer()
-        scores = ScoreRecorder(params.top_logprobs, self._torch) if params.logprobs else None
-        stop = threading.Event()
-        worker = threading.Thread(
-            target=self._run,
-            args=(prompt, params, max_tokens, streamer, stop, request.cancel, scores),
-            name=f"hf-generate-{request.request_id}",
-            daemon=True,
-        )
         detokenizer = _Detokenizer(self._tokenizer)
         matcher = StopMatcher(params.stop)
         reason: FinishReason = "length"
@@ -330,24 +346,27 @@ class HFBackend:
         pending: list[int] = []
         logprob = 0.0
         top: tuple[TopLogprob, ...] = ()
-        worker.start()
+        ended: Ended | None = None
         try:
-            for token in streamer:
+            while True:
+                item = self._next(row)
+                if isinstance(item, Ended):
+                    ended = item
+                    break
                 first_token_at = first_token_at or time.perf_counter()
-                chosen = scores.take(token, self._token_text) if scores is not None else None
                 if request.cancel.is_set():
                     reason = "cancelled"
                     break
-                if token in self._eos_ids:
+                if item.token in self._eos_ids:
                     reason = "stop"
                     break
                 produced += 1
-                if chosen is not None:
-                    logprob, top = logprob + chosen[0], top or chosen[1]
-                pending.append(token)
-                text = matcher.feed(detokenizer.push(token))
+                if item.logprob is not None:
+                    logprob, top = logprob + item.logprob, top or self._top_logprobs(item)
+                pending.append(item.token)
+                text = matcher.feed(detokenizer.push(item.token))
                 if text:
-                    if scores is None:
+                    if item.logprob is None:
                         yield TokenEvent(text=text, token_ids=tuple(pending))
                     else:  # held-back tokens released together: their joint logprob, the first's alternatives
                         yield TokenEvent(text=text, token_ids=tuple(pending), logprob=logprob, top_logprobs=top)
@@ -357,89 +376,53 @@ class HFBackend:
                     reason = "stop"
                     break
         finally:
-            stop.set()  # also when the consumer walks away mid-stream (GeneratorExit)
-            worker.join()
-        if streamer.error is not None:
-            yield FinishEvent("error", len(prompt), produced, error=f"generation failed: {streamer.error}")
+            row.halt.set()  # also when the consumer walks away mid-stream (GeneratorExit)
+            self._batcher.withdraw(row)
+        if ended is not None and ended.error is not None:
+            yield FinishEvent("error", len(row.prompt), produced, error=ended.error)
             return
+        if ended is not None and request.cancel.is_set():
+            reason = "cancelled"
         if reason != "cancelled" and not matcher.stopped:
             tail = matcher.feed(detokenizer.flush()) + matcher.flush()
             if tail:
                 yield TokenEvent(text=tail, token_ids=tuple(pending))
         end = time.perf_counter()
-        prefill_end = first_token_at or end
+        started = row.started_at or end
+        first = first_token_at or end
         yield FinishEvent(
             reason=reason,
-            prompt_tokens=len(prompt),
+            prompt_tokens=len(row.prompt),
             completion_tokens=produced,
-            timings=Timings(prefill_s=prefill_end - start, decode_s=end - prefill_end),
+            timings=Timings(queue_s=started - row.submitted_at, prefill_s=first - started, decode_s=end - first),
         )
 
-    def _run(
-        self,
-        prompt: list[int],
-        params: SamplingParams,
-        max_tokens: int,
-        streamer: _QueueStreamer,
-        stop: threading.Event,
-        cancel: threading.Event,
-        scores: ScoreRecorder | None,
-    ) -> None:
-        """The worker thread: ``model.generate`` with its tokens going to ``streamer``."""
-        torch = self._torch
-        from transformers import LogitsProcessorList, StoppingCriteriaList
+    def _next(self, row: Row) -> Choice | Ended:
+        """The row's next item; a cancelled row that is still waiting for its batch leaves the queue."""
+        while True:
+            try:
+                return row.out.get(timeout=POLL_S)
+            except queue.Empty:
+                if row.cancel.is_set() and self._batcher.withdraw(row):
+                    return Ended()
 
-        try:
-            if max_tokens > 0:
-                if params.seed is not None:
-                    torch.manual_seed(params.seed)  # safe: the backend lock serialises generations
-                input_ids = torch.tensor([prompt], device=self._device)
-                with torch.inference_mode():
-                    self._model.generate(
-                        input_ids=input_ids,
-                        attention_mask=torch.ones_like(input_ids),
-                        generation_config=self._generation_config(params, max_tokens),
-                        logits_processor=LogitsProcessorList(
-                            [*processors(params, len(prompt), torch), *([scores] if scores else [])]
-                        ),
-                        stopping_criteria=StoppingCriteriaList([_Halt(stop, cancel)]),
-                        streamer=streamer,
-                    )
-        except Exception as exc:  # any failure is reported to the client as a FinishEvent
-            streamer.error = _first_line(exc)
-        finally:
-            streamer.end()
-
-    def _generation_config(self, params: SamplingParams, max_tokens: int) -> Any:
-        from transformers import GenerationConfig
-
-        sampling = params.temperature > 0
-        config = GenerationConfig(
-            max_new_tokens=max_tokens,
-            do_sample=sampling,
-            eos_token_id=sorted(self._eos_ids),
-            pad_token_id=self._model.generation_config.pad_token_id or min(self._eos_ids, default=0),
-            repetition_penalty=params.repeat_penalty or 1.0,
-        )
-        if sampling:
-            config.temperature = params.temperature
-            config.top_p = params.top_p
-            config.top_k = params.top_k or 0  # unset would mean transformers' default of 50
-            config.min_p = params.min_p or None
-        return config
+    def _top_logprobs(self, choice: Choice) -> tuple[TopLogprob, ...]:
+        texts = [(self._token_text(token), logprob) for token, logprob in choice.top]
+        return tuple(TopLogprob(text, logprob, list(text.encode())) for text, logprob in texts if text)
 
     def _token_text(self, token: int) -> str:
         text: str = self._tokenizer.decode([token], skip_special_tokens=False, clean_up_tokenization_spaces=False)
         return text
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock:  # between batches
             if self._closed:
                 return
             self._closed = True
             self._model = None
             if self._device.type == "cuda":
                 self._torch.cuda.empty_cache()
+        self._batcher.close()
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
@@ -448,46 +431,6 @@ def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     ids = set(configured if isinstance(configured, list) else [configured])
     ids.add(tokenizer.eos_token_id)
     return frozenset(i for i in ids if isinstance(i, int))
-
-
-class _Halt:
-    """StoppingCriteria: stop when the client cancels or the consumer is done (stop string, gone)."""
-
-    def __init__(self, stop: threading.Event, cancel: threading.Event) -> None:
-        self.stop, self.cancel = stop, cancel
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        import torch
-
-        halt = self.stop.is_set() or self.cancel.is_set()
-        return torch.full((input_ids.shape[0],), halt, dtype=torch.bool, device=input_ids.device)
-
-
-class _QueueStreamer:
-    """A transformers streamer that hands each new token id to the consumer thread.
-
-    ``generate`` first puts the prompt, which we skip, then one tensor per step. Iterating yields the
-    ids until ``end``; a worker failure is left in ``error`` for the consumer to report.
-    """
-
-    def __init__(self) -> None:
-        self._queue: queue.Queue[object] = queue.Queue()
-        self._prompt_seen = False
-        self.error: str | None = None
-
-    def put(self, value: Any) -> None:
-        if not self._prompt_seen:
-            self._prompt_seen = True
-            return
-        for token in value.reshape(-1).tolist():
-            self._queue.put(int(token))
-
-    def end(self) -> None:
-        self._queue.put(_END)
-
-    def __iter__(self) -> Iterator[int]:
-        while (item := self._queue.get()) is not _END:
-            yield item  # type: ignore[misc]
 
 
 class _Detokenizer:
