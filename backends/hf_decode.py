@@ -3,7 +3,12 @@ forward pass per step for every row still running.
 
 Prompts are left-padded to the longest, the attention mask hides the padding, and position ids count
 only real tokens (``cumsum(mask) - 1``), so each row sees exactly the positions and keys it would see
-alone; padding changes only the shapes of the matrix products, not what a row attends to. Each step
+alone; padding changes only the shapes of the matrix products, not what a row attends to. Shapes do
+change float32 summation order, so a row's logits differ from its solo logits in the last bits
+(measured on SmolLM2, CPU: up to 1.1e-4, from the batch size alone 4e-5 and from the padding alone
+4e-5, while a solo run repeats bit for bit). Greedy output is therefore the same batched or alone
+unless two candidates' logits are closer than that (the smallest top-2 gap in the tests' prompts is
+0.028), and log-probabilities agree to about 1e-4. Each step
 every row picks its token with its own ``RowSampler`` (``backends.hf_logits``) and hands it to its
 consumer at once. A row that ends (end of sequence, ``max_tokens``, cancelled, or its consumer needs
 no more: a stop string matched, the client left) is cut out of the batch and the KV cache before the

@@ -142,7 +142,9 @@ def test_logprobs_and_penalties_are_the_same_batched_or_alone(backend: hf.HFBack
     ]
     assert len(pairs) >= 8
     for solo_lp, batched_lp, solo_top, batched_top in pairs:
-        assert batched_lp == pytest.approx(solo_lp, abs=1e-4)
+        # Not bit-equal: the batch's shapes change float32 summation order (backends/hf_decode.py has
+        # the measured size, about 1e-4); the tokens and the alternatives are equal.
+        assert batched_lp == pytest.approx(solo_lp, abs=1e-3)
         assert batched_top == solo_top and len(solo_top) == 3
 
 
