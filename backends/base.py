@@ -91,6 +91,7 @@ class FinishEvent:
     completion_tokens: int
     timings: Timings = Timings()
     error: str | None = None  # set when reason == "error": a message safe to show the client
+    cached_tokens: int = 0  # prompt tokens not evaluated again: their KV was kept from an earlier request
 
 
 GenerationEvent = TokenEvent | FinishEvent

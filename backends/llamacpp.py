@@ -9,12 +9,13 @@ Greedy output equals a fresh ``Llama.create_chat_completion(temperature=0)`` for
 alone or batched with others: same sampler order, same prompt chunking, same attention kernels (no
 flash attention, as ``Llama()``), one KV stream per sequence.
 
-No prompt-prefix reuse across requests. Decoding is batch-invariant here (a sequence's logits are
-bit-identical whether its step holds 1 or 4 sequences, measured), but KV computed one token at a time
-is not what the same tokens give when evaluated as one prompt chunk (max |Δlogit| 0.83 measured on
-SmolLM2), so reusing an earlier turn's cache would make the answer to the same request depend on
-what ran before it. A dev server must answer the same request the same way; chat-sized prompts
-prefill in tens of milliseconds.
+Prompt-prefix reuse across requests, bit-exact: a freed slot keeps its prompt's KV and the next request
+sharing a prefix with it evaluates only the rest. Decoding is batch-invariant here (a sequence's logits
+are bit-identical whether its step holds 1 or 4 sequences, measured), and so is a prompt chunk of two
+tokens or more, but a token evaluated alone (a generated token, or a 1-token chunk) gives other logits
+(max |Δlogit| 0.86 on SmolLM2), so only prompt-chunk KV is kept and no chunk of one token is made that
+the whole prompt would not make (``backends.llamacpp_engine``). The same request gets the same answer
+whatever ran before it; ``usage.prompt_tokens_details.cached_tokens`` says how much was reused.
 
 Only this module and ``backends.llamacpp_*`` import ``llama_cpp``; its failures become ``BackendError``.
 """

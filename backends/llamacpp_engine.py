@@ -15,8 +15,19 @@ within the step):
   * all sequences with a sampled token waiting go into one ``llama_decode`` (one token each, in slot
     order so that consecutive slots share a ubatch), and each samples its next token with its own
     chain from its own batch position.
-A finished or cancelled sequence is removed from the KV cache (``llama_memory_seq_rm``) at once and its
-slot is refilled from the waiting list at the start of the next step.
+A finished or cancelled sequence's generated tokens are removed from the KV cache
+(``llama_memory_seq_rm``) at once and its slot is refilled from the waiting list at the start of the
+next step.
+
+Prompt-prefix reuse: a freed slot keeps the KV of its prompt, and a new request goes to the free slot
+whose kept prompt shares the longest prefix with its own (same adapter), evaluating only the rest. This
+keeps answers bit-identical to evaluating the whole prompt, because on the CPU a token's KV and logits
+do not depend on the chunk it was evaluated in as long as that chunk holds two tokens or more
+(measured on SmolLM2: suffixes of 2–48 tokens after prefixes computed in other prompts, all equal; a
+1-token chunk goes through other kernels and differs by up to 0.86 in a logit). So only KV computed as
+a prompt chunk is kept (never a generated token's, computed one at a time), chunks stay aligned to
+multiples of ``N_BATCH`` as a whole-prompt evaluation cuts them, and a reuse point that would leave a
+1-token chunk the whole evaluation would not have is moved back one token (``reuse_point``).
 
 Every llama.cpp call on the context happens on the scheduler thread; other threads hand it work
 (``submit``) or a function to run between steps (``call``: adapter load/unload, close).
@@ -55,6 +66,42 @@ class Sequence:
     next_token: int | None = None  # sampled, not yet decoded
     batch_index: int = 0  # where this sequence's logits are in the last decode
     done: bool = field(default=False)
+
+
+@dataclass
+class SlotCache:
+    """The prompt whose KV a free slot still holds, and the adapter that KV was computed under."""
+
+    adapter: str | None = None
+    tokens: list[int] = field(default_factory=list)
+
+    def common_prefix(self, sequence: Sequence) -> int:
+        if sequence.adapter != self.adapter:
+            return 0
+        n = 0
+        for cached, wanted in zip(self.tokens, sequence.prompt, strict=False):
+            if cached != wanted:
+                break
+            n += 1
+        return n
+
+
+def reuse_point(common: int, prompt_length: int) -> int:
+    """How many prompt tokens to take from the cache when ``common`` of them are there.
+
+    At least one token is evaluated (its logits give the first sample), and every chunk evaluated must
+    be one a whole-prompt evaluation would also make 1 token long, or else hold two tokens or more:
+    the first chunk runs up to the next multiple of ``N_BATCH``, so a start just before one is moved
+    back a token."""
+    start = min(common, prompt_length - 1)
+    if start > 0 and start % N_BATCH != 0 and min(prompt_length, (start // N_BATCH + 1) * N_BATCH) - start == 1:
+        start -= 1
+    return start
+
+
+def reusable_length(evaluated: int) -> int:
+    """Of ``evaluated`` prompt tokens, those whose KV may be reused: not a lone final chunk's token."""
+    return evaluated - 1 if evaluated % N_BATCH == 1 else evaluated
 
 
 @dataclass(frozen=True)
@@ -99,6 +146,7 @@ class Scheduler:
         self._batch = lib.llama_batch_init(capacity, 0, 1)
         self._capacity = capacity
         self._free_slots = list(range(settings.parallel))
+        self._slot_cache = [SlotCache() for _ in range(settings.parallel)]
         self._running: list[Sequence] = []
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._calls: collections.deque[tuple[Callable[[], Any], Future[Any]]] = collections.deque()
@@ -175,9 +223,23 @@ class Scheduler:
                     sequence.stream.fail(BackendError(f"adapter {sequence.adapter!r} is not loaded"))
                     sequence.sampler.free()
                     continue
-                sequence.slot = self._free_slots.pop(0)
+                self._place(sequence)
                 sequence.stream.started_at = time.perf_counter()
                 self._running.append(sequence)
+
+    def _place(self, sequence: Sequence) -> None:
+        """Put the sequence in the free slot that already holds most of its prompt (the lowest on a tie,
+        so running slots stay consecutive) and drop that slot's KV past the part reused."""
+        common, slot = max((self._slot_cache[s].common_prefix(sequence), -s) for s in self._free_slots)
+        slot = -slot
+        self._free_slots.remove(slot)
+        cache = self._slot_cache[slot]
+        start = reuse_point(common, len(sequence.prompt))
+        self._lib.llama_memory_seq_rm(self._memory, slot, start, -1)
+        cache.adapter, cache.tokens = sequence.adapter, sequence.prompt[:start]
+        sequence.slot = slot
+        sequence.n_past = start
+        sequence.stream.cached_tokens = start
 
     def _drop_cancelled(self) -> None:
         for sequence in [s for s in self._running if s.stream.cancelled]:
@@ -212,7 +274,7 @@ class Scheduler:
 
     def _prefill_chunk(self, sequence: Sequence) -> None:
         start = sequence.n_past
-        chunk = sequence.prompt[start : start + N_BATCH]
+        chunk = sequence.prompt[start : (start // N_BATCH + 1) * N_BATCH]  # aligned as a whole-prompt pass
         last = start + len(chunk) == len(sequence.prompt)
         batch = self._batch
         token, pos, n_seq_id, seq_id, logits = batch.token, batch.pos, batch.n_seq_id, batch.seq_id, batch.logits
@@ -228,6 +290,7 @@ class Scheduler:
         if not self._llama_decode([sequence]):
             return
         sequence.n_past += len(chunk)
+        self._slot_cache[sequence.slot].tokens.extend(chunk)
         if last:
             sequence.batch_index = len(chunk) - 1
             self._sample(sequence)
@@ -259,7 +322,7 @@ class Scheduler:
         error = BackendError(f"llama.cpp failed to decode (status {status})")
         for sequence in sequences:
             sequence.stream.fail(error)
-            self._release(sequence)
+            self._release(sequence, keep_prompt=False)
         return False
 
     def _sample(self, sequence: Sequence) -> None:
@@ -279,14 +342,18 @@ class Scheduler:
         else:
             sequence.next_token = token
 
-    def _release(self, sequence: Sequence) -> None:
-        """Free the sequence's KV cells, sampler and slot (and its adapter if that is being unloaded)."""
+    def _release(self, sequence: Sequence, *, keep_prompt: bool = True) -> None:
+        """Free the sequence's sampler, slot and generated tokens' KV (its prompt's KV too unless
+        ``keep_prompt``), and its adapter if that is being unloaded."""
         if sequence.done:
             return
         sequence.done = True
         sequence.sampler.free()
         if sequence.slot >= 0:
-            self._lib.llama_memory_seq_rm(self._memory, sequence.slot, -1, -1)
+            cache = self._slot_cache[sequence.slot]
+            kept = reusable_length(len(cache.tokens)) if keep_prompt else 0
+            del cache.tokens[kept:]
+            self._lib.llama_memory_seq_rm(self._memory, sequence.slot, kept, -1)
             self._free_slots.append(sequence.slot)
             self._free_slots.sort()  # lowest first: running slots stay consecutive, so ubatches stay whole
         if sequence in self._running:
@@ -302,4 +369,7 @@ class Scheduler:
         """Free an unloading adapter; the context must not point at it any more (scheduler thread)."""
         if self._current_adapter == name:
             self._use_adapter(None)
+        for cache in self._slot_cache:  # a new adapter of the same name must not find this one's KV
+            if cache.adapter == name:
+                cache.adapter, cache.tokens = None, []
         self._adapters.release(name)

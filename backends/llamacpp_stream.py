@@ -33,6 +33,7 @@ class RequestStream:
     finished: bool = False
     started_at: float | None = None
     first_token_at: float | None = None
+    cached_tokens: int = 0  # prompt tokens whose KV an earlier request left in the slot
 
     def __post_init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
@@ -89,7 +90,7 @@ class RequestStream:
         started = self.started_at or end
         first = self.first_token_at or end
         timings = Timings(queue_s=started - self.submitted_at, prefill_s=first - started, decode_s=end - first)
-        self.out.put(FinishEvent(reason, self.prompt_tokens, self.produced, timings=timings))
+        self.out.put(FinishEvent(reason, self.prompt_tokens, self.produced, timings, cached_tokens=self.cached_tokens))
 
     def fail(self, error: BaseException) -> None:
         if not self.finished:

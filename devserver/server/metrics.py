@@ -56,6 +56,8 @@ _HISTOGRAMS: dict[str, tuple[str, str, tuple[float, ...]]] = {
 _COUNTERS: dict[str, tuple[str, str]] = {
     "prompt_tokens": ("prompt_tokens", "Prompt tokens processed."),
     "generation_tokens": ("generation_tokens", "Tokens generated."),
+    "prefix_cache_queries": ("prefix_cache_queries", "Prompt tokens looked up in the prompt-prefix cache."),
+    "prefix_cache_hits": ("prefix_cache_hits", "Prompt tokens found there (KV kept from an earlier request)."),
 }
 # Our finish reasons in vLLM's words: a request whose client left is vLLM's "abort".
 _FINISHED_REASON = {"cancelled": "abort"}
@@ -98,6 +100,8 @@ class RequestSeries:
     decode: _Observe
     prompt_tokens: _Inc
     generation_tokens: _Inc
+    prefix_cache_queries: _Inc
+    prefix_cache_hits: _Inc
 
 
 class ServerMetrics:
@@ -288,6 +292,8 @@ class RequestTracker:
         series.e2e.observe(now - self.arrived)
         series.prompt_tokens.inc(event.prompt_tokens)
         series.generation_tokens.inc(event.completion_tokens)
+        series.prefix_cache_queries.inc(event.prompt_tokens)
+        series.prefix_cache_hits.inc(event.cached_tokens)
         if event.completion_tokens > 1 and tokens.first is not None and tokens.last is not None:
             series.tpot.observe((tokens.last - tokens.first) / (event.completion_tokens - 1))
         if event.timings.prefill_s is not None:

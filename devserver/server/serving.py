@@ -58,9 +58,11 @@ class Plan:
     model: str  # the id the client named, base or adapter, echoed in every response
 
     def usage(self) -> UsageInfo:
-        prompt = sum(self.choices[i].finish.prompt_tokens for i in self.first_of_prompt if self.choices[i].finish)
+        firsts = [finish for i in self.first_of_prompt if (finish := self.choices[i].finish)]
         completion = sum(c.finish.completion_tokens for c in self.choices if c.finish)
-        return UsageInfo.of(prompt, completion)
+        return UsageInfo.of(
+            sum(f.prompt_tokens for f in firsts), completion, cached_tokens=sum(f.cached_tokens for f in firsts)
+        )
 
 
 def parse(model: type[RequestT], body: bytes) -> RequestT:

@@ -55,7 +55,7 @@ def generate(backend: llamacpp.LlamaCppBackend, messages: list[dict[str, str]], 
 
 
 def reference_text(reference: Any, messages: list[dict[str, str]], max_tokens: int) -> str:
-    reference.reset()  # a fresh evaluation, as the backend does (no KV prefix reuse)
+    reference.reset()  # the whole prompt afresh: the backend's prefix reuse must give the same tokens
     stream = reference.create_chat_completion(messages, temperature=0, max_tokens=max_tokens, stream=True)
     return "".join(chunk["choices"][0]["delta"].get("content") or "" for chunk in stream)
 

@@ -50,7 +50,7 @@ def client(server: LiveServer) -> Iterator[Any]:
 
 
 def expected(reference: Any, messages: list[dict[str, str]], **kwargs: Any) -> str:
-    reference.reset()  # a fresh evaluation, as the backend does (no KV prefix reuse)
+    reference.reset()  # the whole prompt afresh: the backend's prefix reuse must give the same tokens
     stream = reference.create_chat_completion(messages, temperature=0, max_tokens=MAX_TOKENS, stream=True, **kwargs)
     return "".join(chunk["choices"][0]["delta"].get("content") or "" for chunk in stream)
 
@@ -110,3 +110,20 @@ def test_models_and_health_describe_the_real_backend(server: LiveServer, client:
     assert details["backend"] == "llama.cpp"
     assert details["reasons"] == ["GGUF"]
     assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
+
+
+def test_a_repeated_prompt_reuses_its_prefix_and_says_so(server: LiveServer, client: Any, reference: Any) -> None:
+    before = samples(server)
+    first, again = (
+        client.chat.completions.create(model=MODEL_ID, messages=CAPITAL, temperature=0, max_tokens=MAX_TOKENS)
+        for _ in range(2)
+    )
+    after = samples(server)
+
+    assert first.choices[0].message.content == again.choices[0].message.content == expected(reference, CAPITAL)
+    prompt_tokens = again.usage.prompt_tokens
+    assert again.usage.prompt_tokens_details.cached_tokens == prompt_tokens - 2  # the last two are evaluated
+    cached = first.usage.prompt_tokens_details.cached_tokens + again.usage.prompt_tokens_details.cached_tokens
+    hits = value(after, "kitdev_prefix_cache_hits_total") - value(before, "kitdev_prefix_cache_hits_total")
+    queries = value(after, "kitdev_prefix_cache_queries_total") - value(before, "kitdev_prefix_cache_queries_total")
+    assert (hits, queries) == (cached, 2 * prompt_tokens)
