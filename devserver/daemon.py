@@ -17,8 +17,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from devserver.errors import KitDevError, UsageError
 
 ERROR_PREFIX = "kit-dev: error:"
@@ -127,6 +125,8 @@ def start_background(state: RunState, argv: list[str], url: str, *, wait_timeout
 
 
 def _health(url: str) -> int | None:
+    import httpx  # here, not at the top: every CLI command imports this module, few ask for /health
+
     try:
         return httpx.get(f"{url}/health", timeout=2.0).status_code
     except httpx.HTTPError:

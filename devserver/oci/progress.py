@@ -10,10 +10,12 @@ from __future__ import annotations
 import sys
 import threading
 from types import TracebackType
-
-from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
+from typing import TYPE_CHECKING
 
 from devserver.oci.descriptor import Descriptor
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 __all__ = ["TransferProgress", "transfer_progress"]
 
@@ -22,6 +24,9 @@ class TransferProgress:
     """A context manager and a ``ProgressFn``."""
 
     def __init__(self, verb: str) -> None:
+        # imported here: rich costs ~40 ms to import, and a pull without a terminal draws no bars
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
         self._verb = verb
         self._bars = Progress(
             TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), transient=False

@@ -14,28 +14,28 @@ requests, so we speak it directly:
   that drops resumes with a ``Range`` request from the bytes already in ``ingest/``;
 * every byte of a download hashed on its way into the store, 1 MiB at a time, so memory stays flat
   whatever the blob size. The client is thread-safe: pulls fetch several blobs at once through it.
-  Blob bodies go through ``devserver.oci.fastget`` (``http.client``) when no proxy or test transport
-  is involved: httpx's per-64 KiB parsing would cost most of the link's speed.
+  Blob bodies and manifests go through ``devserver.oci.fastget`` (``http.client``) when no proxy or
+  test transport is involved: httpx's per-64 KiB parsing would cost most of the link's speed, and
+  httpx itself is imported only when a request needs it (a 401 challenge, a 5xx, an upload).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import ssl
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urljoin
-
-import httpx
 
 from devserver import __version__
 from devserver.errors import AuthError, DigestMismatch, NotFoundError, RegistryError, RegistryUnreachable
 from devserver.oci import fastget
-from devserver.oci.auth import RegistryAuth
 from devserver.oci.credentials import Credentials, lookup
 from devserver.oci.descriptor import OCI_IMAGE_INDEX, OCI_IMAGE_MANIFEST, Descriptor, sha256_digest
 from devserver.oci.options import RegistryOptions
@@ -43,9 +43,15 @@ from devserver.oci.reference import default_plain_http
 from devserver.oci.store import Download, LocalStore
 from devserver.oci.tls import tls_context, tls_error
 
+if TYPE_CHECKING:  # imported when first needed: see RegistryClient._client
+    import httpx
+
+    from devserver.oci.auth import RegistryAuth
+
 __all__ = [
-    "DEFAULT_TIMEOUT",
+    "CONNECT_TIMEOUT_S",
     "MONOLITHIC_LIMIT",
+    "READ_TIMEOUT_S",
     "RETRY_DELAYS",
     "ProgressFn",
     "RegistryClient",
@@ -53,7 +59,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=4.0)  # connect < 5 s: "down" must fail inside 5 s
+CONNECT_TIMEOUT_S = 4.0  # < 5 s: "down" must fail inside 5 s
+READ_TIMEOUT_S = 60.0
+USER_AGENT = f"kit-dev/{__version__}"
 MONOLITHIC_LIMIT = 100 << 20  # kit's uploadChunkDefaultSize: below it one PUT, above it PATCH chunks
 MAX_MANIFEST_BYTES = 4 << 20  # the distribution spec's recommended manifest limit
 RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0)  # seconds before each retry of a 5xx or a dropped connection
@@ -61,6 +69,8 @@ _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _ACCEPT = ", ".join([OCI_IMAGE_MANIFEST, OCI_IMAGE_INDEX, "application/vnd.docker.distribution.manifest.v2+json"])
 _READ_CHUNK = 1 << 20
 _LOOKUP = object()  # credentials= default: find them in the credential files
+
+_T = TypeVar("_T")
 
 ProgressFn = Callable[[Descriptor, int], None]
 """Called with the descriptor being transferred and the number of bytes just moved."""
@@ -82,7 +92,8 @@ class RegistryClient:
         transport: httpx.BaseTransport | None = None,
         auth: httpx.Auth | tuple[str, str] | None = None,
         credentials: Credentials | object | None = _LOOKUP,
-        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+        read_timeout: float = READ_TIMEOUT_S,
         monolithic_limit: int = MONOLITHIC_LIMIT,
         retry_delays: Sequence[float] = RETRY_DELAYS,
     ) -> None:
@@ -94,36 +105,61 @@ class RegistryClient:
         self.plain_http = (default_plain_http(registry) and not tls_asked) if chosen is None else chosen
         self.monolithic_limit = monolithic_limit
         self.retry_delays = tuple(retry_delays)
-        if auth is None:
-            creds = lookup(registry) if credentials is _LOOKUP else credentials
-            auth = RegistryAuth(registry, creds)  # type: ignore[arg-type]
-        self._auth = auth
-        self._timeout = timeout
-        # The blob fast path speaks to the registry itself: only with our own auth, no test transport, no proxy.
-        self._fast = transport is None and isinstance(auth, RegistryAuth) and not urllib.request.getproxies()
-        verify: Any = True
+        self._base_url = f"{'http' if self.plain_http else 'https'}://{registry}"
+        self._connect_timeout, self._read_timeout = connect_timeout, read_timeout
+        self._transport, self._auth_given, self._credentials = transport, auth, credentials
+        self._pool = max(options.concurrency, 1) + 2
+        # The fast path speaks to the registry itself: only with our own auth, no test transport, no proxy.
+        self._fast = transport is None and auth is None and not urllib.request.getproxies()
+        self._ssl_context: ssl.SSLContext | None = None
         if not self.plain_http:
-            verify = tls_context(
+            self._ssl_context = tls_context(
                 tls_verify=options.tls_verify,
                 ca_files=options.ca_files,
                 client_cert=options.client_cert,
                 client_key=options.client_key,
             )
-        self._ssl_context: ssl.SSLContext | None = verify if isinstance(verify, ssl.SSLContext) else None
-        pool = max(options.concurrency, 1) + 2
-        self._client = httpx.Client(
-            base_url=f"{'http' if self.plain_http else 'https'}://{registry}",
-            transport=transport,
+        self._auth: RegistryAuth | None = None
+        self._http: httpx.Client | None = None
+        self._http_lock = threading.Lock()
+
+    @property
+    def _client(self) -> httpx.Client:
+        """The httpx client, made on first use (pull threads share it).
+
+        Made lazily because importing httpx and building its client cost ~0.15 s of CPU, which is
+        most of what an anonymous pull through the fast path would otherwise spend before its first
+        byte: such a pull never needs httpx at all.
+        """
+        with self._http_lock:
+            if self._http is None:
+                self._http = self._make_client()
+            return self._http
+
+    def _make_client(self) -> httpx.Client:
+        import httpx
+
+        from devserver.oci import auth as registry_auth
+
+        auth = self._auth_given
+        if auth is None:
+            creds = lookup(self.registry) if self._credentials is _LOOKUP else self._credentials
+            auth = self._auth = registry_auth.RegistryAuth(self.registry, creds)  # type: ignore[arg-type]
+        return httpx.Client(
+            base_url=self._base_url,
+            transport=self._transport,
             auth=auth,
-            verify=verify,
-            timeout=timeout,
-            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
+            verify=self._ssl_context or True,
+            timeout=httpx.Timeout(self._read_timeout, connect=self._connect_timeout),
+            limits=httpx.Limits(max_connections=self._pool, max_keepalive_connections=self._pool),
             follow_redirects=True,
-            headers={"User-Agent": f"kit-dev/{__version__}"},
+            headers={"User-Agent": USER_AGENT},
         )
 
     def close(self) -> None:
-        self._client.close()
+        with self._http_lock:
+            if self._http is not None:
+                self._http.close()
 
     def __enter__(self) -> RegistryClient:
         return self
@@ -144,15 +180,23 @@ class RegistryClient:
 
     def _get_manifest_once(self, repository: str, tag_or_digest: str) -> tuple[bytes, str, str]:
         what = f"manifest {repository}:{tag_or_digest}"
-        with self._request("GET", f"/v2/{repository}/manifests/{tag_or_digest}", what, accept=_ACCEPT) as resp:
-            body = bytearray()
-            for chunk in resp.iter_bytes():
-                body.extend(chunk)
-                if len(body) > MAX_MANIFEST_BYTES:
-                    raise RegistryError(f"{what} on {self.registry} is larger than {MAX_MANIFEST_BYTES} bytes")
-            media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
-            claimed = resp.headers.get("Docker-Content-Digest")
-        data = bytes(body)
+        path = f"/v2/{repository}/manifests/{tag_or_digest}"
+        fast = self._fast_call(what, path, functools.partial(fastget.get_document, limit=MAX_MANIFEST_BYTES), _ACCEPT)
+        if fast is not None:
+            data, headers = fast
+            if len(data) > MAX_MANIFEST_BYTES:
+                raise RegistryError(f"{what} on {self.registry} is larger than {MAX_MANIFEST_BYTES} bytes")
+            content_type, claimed = headers.get("Content-Type", ""), headers.get("Docker-Content-Digest")
+        else:
+            with self._request("GET", path, what, accept=_ACCEPT) as resp:
+                body = bytearray()
+                for chunk in resp.iter_bytes():
+                    body.extend(chunk)
+                    if len(body) > MAX_MANIFEST_BYTES:
+                        raise RegistryError(f"{what} on {self.registry} is larger than {MAX_MANIFEST_BYTES} bytes")
+                content_type, claimed = resp.headers.get("Content-Type", ""), resp.headers.get("Docker-Content-Digest")
+            data = bytes(body)
+        media_type = content_type.split(";")[0].strip()
         digest = sha256_digest(data)
         expected = tag_or_digest if tag_or_digest.startswith("sha256:") else claimed
         if expected and expected.startswith("sha256:") and expected != digest:
@@ -226,53 +270,54 @@ class RegistryClient:
         if download.offset >= descriptor.size:
             return  # everything is on disk already; commit verifies it
         what = f"blob {descriptor.digest}"
-        if self._fast:
-            try:
-                self._fast_fetch(repository, descriptor, download, progress)
-                return
-            except fastget.Fallback as exc:
-                log.debug("%s on %s: %s; asking again through httpx", what, self.registry, exc)
-            except fastget.Dropped as exc:
-                raise _Dropped(f"registry {self.registry} dropped the connection ({what}): {exc}") from exc
-            except fastget.Unreachable as exc:
-                raise RegistryUnreachable(f"cannot reach registry {self.registry} ({what}): {exc}") from exc
-        headers = {"Range": f"bytes={download.offset}-"} if download.offset else {}
-        with self._request("GET", f"/v2/{repository}/blobs/{descriptor.digest}", what, headers=headers) as resp:
-            if download.offset and not _range_honoured(resp, download.offset):
-                download.reset()  # the registry sent the whole blob: start over
-            for chunk in resp.iter_bytes(_READ_CHUNK):
-                download.write(chunk)
-                if progress is not None:
-                    progress(descriptor, len(chunk))
-
-    def _fast_fetch(
-        self, repository: str, descriptor: Descriptor, download: Download, progress: ProgressFn | None
-    ) -> None:
-        url = str(self._client.base_url.join(f"/v2/{repository}/blobs/{descriptor.digest}"))
-        headers = {"User-Agent": self._client.headers["User-Agent"]}
-        authorization = self._auth.header_for("GET", url)  # type: ignore[union-attr]
-        if authorization:
-            headers["Authorization"] = authorization
+        path = f"/v2/{repository}/blobs/{descriptor.digest}"
 
         def started(resumed: bool) -> None:
             if download.offset and not resumed:
                 download.reset()  # the registry sent the whole blob: start over
 
-        def write(chunk: memoryview) -> None:
+        def write(chunk: memoryview | bytes) -> None:
             download.write(chunk)
             if progress is not None:
                 progress(descriptor, len(chunk))
 
-        fastget.get_blob(
-            url,
-            headers,
-            context=self._ssl_context,
-            connect_timeout=self._timeout.connect or DEFAULT_TIMEOUT.connect or 4.0,
-            read_timeout=self._timeout.read or 60.0,
-            offset=download.offset,
-            on_start=started,
-            write=write,
-        )
+        get = functools.partial(fastget.get_blob, offset=download.offset, on_start=started, write=write)
+        if self._fast_call(what, path, get) is not None:
+            return
+        headers = {"Range": f"bytes={download.offset}-"} if download.offset else {}
+        with self._request("GET", path, what, headers=headers) as resp:
+            started(_range_honoured(resp, download.offset))
+            for chunk in resp.iter_bytes(_READ_CHUNK):
+                write(chunk)
+
+    def _fast_call(self, what: str, path: str, call: Callable[..., _T], accept: str | None = None) -> _T | None:
+        """``call`` through ``fastget`` with the auth httpx already earned; None: ask through httpx.
+
+        Errors are mapped here as ``_request`` maps httpx's: a drop may be retried, a failed connect
+        is the registry being down.
+        """
+        if not self._fast:
+            return None
+        url = self._base_url + path
+        headers = {"User-Agent": USER_AGENT, **({"Accept": accept} if accept else {})}
+        authorization = self._auth.header_for("GET", url) if self._auth is not None else None
+        if authorization:
+            headers["Authorization"] = authorization
+        try:
+            return call(
+                url,
+                headers,
+                context=self._ssl_context,
+                connect_timeout=self._connect_timeout,
+                read_timeout=self._read_timeout,
+            )
+        except fastget.Fallback as exc:
+            log.debug("%s on %s: %s; asking again through httpx", what, self.registry, exc)
+            return None
+        except fastget.Dropped as exc:
+            raise _Dropped(f"registry {self.registry} dropped the connection ({what}): {exc}") from exc
+        except fastget.Unreachable as exc:
+            raise RegistryUnreachable(f"cannot reach registry {self.registry} ({what}): {exc}") from exc
 
     def push_blob(
         self, repository: str, path: Path, descriptor: Descriptor, *, progress: ProgressFn | None = None
@@ -345,6 +390,8 @@ class RegistryClient:
         the user should hear so within seconds. Errors while the caller reads the body become
         ``_Dropped`` so the caller can resume.
         """
+        import httpx  # already imported by ``_client``; bound here for the except clauses
+
         all_headers = dict(headers or {})
         if accept:
             all_headers["Accept"] = accept
@@ -377,6 +424,8 @@ class RegistryClient:
                 return
 
     def _transport_error(self, exc: httpx.TransportError, what: str, *, dropped: bool) -> RegistryError:
+        import httpx
+
         tls = tls_error(exc, self.registry)
         if tls is not None:
             return tls

@@ -15,10 +15,12 @@ from __future__ import annotations
 import ssl
 from collections.abc import Sequence
 from pathlib import Path
-
-import httpx
+from typing import TYPE_CHECKING
 
 from devserver.errors import RegistryError, UsageError
+
+if TYPE_CHECKING:  # only for annotations: a pull that never needs httpx does not import it
+    import httpx
 
 __all__ = ["tls_context", "tls_error"]
 
