@@ -22,7 +22,7 @@ from urllib.parse import urljoin, urlsplit
 
 __all__ = ["CHUNK", "Dropped", "Fallback", "Unreachable", "get_blob", "get_document"]
 
-CHUNK = 4 << 20
+CHUNK = 1 << 20  # read and hashed whole; written in 64 KiB pieces (store.Download.write)
 MAX_REDIRECTS = 5
 
 

@@ -41,6 +41,11 @@ from devserver.oci.reference import Reference
 __all__ = ["BlobSource", "BlobWriter", "Download", "LocalStore"]
 
 _CHUNK = 1 << 20
+# Downloads reach the disk in 64 KiB writes, as curl's 16 KiB ones do: the kernel backs one large
+# write with large page-cache folios, and on a VM whose free memory was handed back to the host
+# those cost a fault each on first touch. Measured on the 2-core VM (perf, 1 GiB cold pull): the
+# page-cache copy took ~1.4 s of CPU with 4 MiB writes, ~1.0 s with 256 KiB, ~0.1 s with 64 KiB.
+_WRITE_PIECE = 64 << 10
 
 
 def _fsync_dir(path: Path) -> None:
@@ -206,8 +211,10 @@ class Download:
         if self.offset + len(data) > self.size:
             self._discard()
             raise DigestMismatch(f"{self.digest}: the registry sent more than the expected {self.size} bytes")
-        self._file.write(data)
         self._hash.update(data)
+        view = memoryview(data)
+        for start in range(0, len(view), _WRITE_PIECE):
+            self._file.write(view[start : start + _WRITE_PIECE])
         self.offset += len(data)
 
     def commit(self) -> None:
