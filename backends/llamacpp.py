@@ -73,6 +73,7 @@ def load(choice: BackendChoice, options: EngineOptions) -> LlamaCppBackend:
             parallel=parallel,
             threads=options.threads or max(1, cpus // 2),
             threads_batch=options.threads or cpus,
+            prompt_cache_bytes=options.prompt_cache_mib * 2**20,
         )
         adapters = AdapterSet(model)
         for spec in choice.adapters:
@@ -102,6 +103,7 @@ def load(choice: BackendChoice, options: EngineOptions) -> LlamaCppBackend:
             "n_ctx_train": model.n_ctx_train,
             "parallel": parallel,
             "kv_cache_tokens": parallel * scheduler.n_ctx_seq,
+            "prompt_cache_mib": options.prompt_cache_mib,
             "llama_cpp_python": lib.__version__,
         },
     )

@@ -27,7 +27,9 @@ do not depend on the chunk it was evaluated in as long as that chunk holds two t
 1-token chunk goes through other kernels and differs by up to 0.86 in a logit). So only KV computed as
 a prompt chunk is kept (never a generated token's, computed one at a time), chunks stay aligned to
 multiples of ``N_BATCH`` as a whole-prompt evaluation cuts them, and a reuse point that would leave a
-1-token chunk the whole evaluation would not have is moved back one token (``reuse_point``).
+1-token chunk the whole evaluation would not have is moved back one token (``reuse_point``). A prompt
+about to be cut from its slot is first copied to host memory (``PromptStore``) and copied back when a
+later prompt shares more with it than with any slot.
 
 Every llama.cpp call on the context happens on the scheduler thread; other threads hand it work
 (``submit``) or a function to run between steps (``call``: adapter load/unload, close).
@@ -45,6 +47,7 @@ from typing import Any, TypeVar
 
 from backends.llamacpp_adapters import AdapterSet
 from backends.llamacpp_model import GgufModel
+from backends.llamacpp_prompt_store import PromptStore, common_prefix_length
 from backends.llamacpp_sampling import SamplerChain, token_logprobs, top_logprob
 from backends.llamacpp_stream import RequestStream
 from devserver.errors import BackendError
@@ -76,14 +79,7 @@ class SlotCache:
     tokens: list[int] = field(default_factory=list)
 
     def common_prefix(self, sequence: Sequence) -> int:
-        if sequence.adapter != self.adapter:
-            return 0
-        n = 0
-        for cached, wanted in zip(self.tokens, sequence.prompt, strict=False):
-            if cached != wanted:
-                break
-            n += 1
-        return n
+        return common_prefix_length(self.tokens, sequence.prompt) if sequence.adapter == self.adapter else 0
 
 
 def reuse_point(common: int, prompt_length: int) -> int:
@@ -110,6 +106,7 @@ class ContextSettings:
     parallel: int
     threads: int
     threads_batch: int
+    prompt_cache_bytes: int = 0  # host memory for prompts' KV after their slot moved on (0: none)
 
 
 class Scheduler:
@@ -147,6 +144,7 @@ class Scheduler:
         self._capacity = capacity
         self._free_slots = list(range(settings.parallel))
         self._slot_cache = [SlotCache() for _ in range(settings.parallel)]
+        self._store = PromptStore(lib, ctx, settings.prompt_cache_bytes) if settings.prompt_cache_bytes else None
         self._running: list[Sequence] = []
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._calls: collections.deque[tuple[Callable[[], Any], Future[Any]]] = collections.deque()
@@ -229,17 +227,32 @@ class Scheduler:
 
     def _place(self, sequence: Sequence) -> None:
         """Put the sequence in the free slot that already holds most of its prompt (the lowest on a tie,
-        so running slots stay consecutive) and drop that slot's KV past the part reused."""
+        so running slots stay consecutive), or copy in a longer prefix kept in host memory, and drop
+        that slot's KV past the part reused (keeping the prompt it held in host memory first)."""
         common, slot = max((self._slot_cache[s].common_prefix(sequence), -s) for s in self._free_slots)
         slot = -slot
         self._free_slots.remove(slot)
         cache = self._slot_cache[slot]
+        stored = self._store.best(sequence.adapter, sequence.prompt, common) if self._store is not None else None
+        if self._store is not None and stored:
+            self._keep(slot)
+            restored = self._store.restore(slot, sequence.adapter, stored[1])
+            common, cache.adapter, cache.tokens = (
+                (stored[0], sequence.adapter, stored[1]) if restored else (0, None, [])
+            )
         start = reuse_point(common, len(sequence.prompt))
+        if start < len(cache.tokens):
+            self._keep(slot)
         self._lib.llama_memory_seq_rm(self._memory, slot, start, -1)
         cache.adapter, cache.tokens = sequence.adapter, sequence.prompt[:start]
         sequence.slot = slot
         sequence.n_past = start
         sequence.stream.cached_tokens = start
+
+    def _keep(self, slot: int) -> None:
+        cache = self._slot_cache[slot]
+        if self._store is not None and cache.tokens:
+            self._store.save(slot, cache.adapter, cache.tokens)
 
     def _drop_cancelled(self) -> None:
         for sequence in [s for s in self._running if s.stream.cancelled]:
@@ -372,4 +385,6 @@ class Scheduler:
         for cache in self._slot_cache:  # a new adapter of the same name must not find this one's KV
             if cache.adapter == name:
                 cache.adapter, cache.tokens = None, []
+        if self._store is not None:
+            self._store.forget(name)
         self._adapters.release(name)

@@ -89,6 +89,7 @@ class EngineOptions:
     threads: int | None = None
     n_gpu_layers: int | None = None
     parallel: int | None = None
+    prompt_cache_mib: int = 512  # host memory for prompts' KV once their slot moved on (llama.cpp)
     model_file: str | None = None
     trust_remote_code: bool = False
     allow_pickle: bool = False

@@ -27,7 +27,7 @@ log = logging.getLogger("kit-dev")
 _SETTINGS_FLAGS = (
     "cache_dir", "plain_http", "host", "port", "api_key", "queue_size", "max_tokens_limit", "chat_template",
     "metrics_compat", "log_level", "backend", "device", "model_file", "ctx_size", "threads", "n_gpu_layers",
-    "parallel", "trust_remote_code", "allow_pickle", "allow_runtime_lora",
+    "parallel", "prompt_cache_mib", "trust_remote_code", "allow_pickle", "allow_runtime_lora",
 )  # fmt: skip
 
 
@@ -98,7 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--ctx-size", type=int, help="context size in tokens (default: Kitfile parameters, else 4096)")
     start.add_argument("--threads", type=int, help="CPU threads for the engine")
     start.add_argument("--n-gpu-layers", type=int, help="layers to offload to the GPU (-1: all)")
-    start.add_argument("--parallel", type=int, help="requests decoded at once (llama.cpp slots)")
+    start.add_argument("--parallel", type=int, help="requests decoded at once (llama.cpp slots, transformers batch)")
+    start.add_argument(
+        "--prompt-cache-mib", type=int, help="host memory for reusable prompt KV, llama.cpp (default 512; 0: off)"
+    )
     start.add_argument("--api-key", help="require this Bearer key on /v1/* (env KIT_DEV_API_KEY)")
     start.add_argument("--queue-size", type=int, help="requests that may wait per model before 429")
     start.add_argument("--max-tokens-limit", type=int, help="cap on generated tokens per request")

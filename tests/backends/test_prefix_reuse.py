@@ -12,6 +12,7 @@ import pytest
 from backends.base import FinishEvent, GenerationRequest, SamplingParams, TokenEvent
 from backends.chat_template import ChatTemplate
 from backends.llamacpp_engine import N_BATCH, reusable_length, reuse_point
+from backends.llamacpp_prompt_store import common_prefix_length
 from backends.select import BackendChoice, EngineOptions
 
 
@@ -42,6 +43,20 @@ def test_a_lone_final_chunk_is_not_kept(evaluated: int, kept: int) -> None:
     assert reusable_length(evaluated) == kept
 
 
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        ([], [1, 2], 0),
+        ([1, 2, 3], [1, 2, 3], 3),
+        ([1, 2, 3], [1, 2], 2),
+        ([1, 2, 4, 5], [1, 2, 3, 5], 2),
+        ([9], [1], 0),
+    ],
+)
+def test_common_prefix_length(a: list[int], b: list[int], expected: int) -> None:
+    assert common_prefix_length(a, b) == expected
+
+
 QUESTIONS = [
     "Hi.",
     "Name three colours.",
@@ -59,13 +74,17 @@ def llama_cpp() -> Any:
     return pytest.importorskip("llama_cpp")
 
 
-@pytest.fixture
-def single(smollm2_gguf: Path, llama_cpp: Any) -> Iterator[Any]:
+def one_slot(gguf: Path, prompt_cache_mib: int) -> Any:
     """A fresh one-slot backend: every request lands in the slot the previous one left."""
     from backends import llamacpp
 
-    choice = BackendChoice(backend="llama.cpp", device="cpu", model_path=smollm2_gguf)
-    loaded = llamacpp.load(choice, EngineOptions(ctx_size=2048, threads=2, parallel=1))
+    choice = BackendChoice(backend="llama.cpp", device="cpu", model_path=gguf)
+    return llamacpp.load(choice, EngineOptions(ctx_size=2048, threads=2, parallel=1, prompt_cache_mib=prompt_cache_mib))
+
+
+@pytest.fixture
+def single(smollm2_gguf: Path, llama_cpp: Any) -> Iterator[Any]:
+    loaded = one_slot(smollm2_gguf, 0)  # the slot alone, no host-memory store
     yield loaded
     loaded.close()
 
@@ -122,3 +141,37 @@ def test_reused_prefix_gives_the_whole_prompt_answer(single: Any, reference: Any
         assert tokens == reference_tokens(reference, single, messages, 12)
         previous = prompt
     assert finish.cached_tokens == len(prompt) - 2  # the same prompt again: all but the last two tokens reused
+
+
+def prompt_of(reference: Any, backend: Any, question: str) -> list[int]:
+    return list(
+        reference.tokenize(
+            render(backend, [{"role": "user", "content": question}]).encode(), add_bos=False, special=True
+        )
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("budget_mib", "kept"), [(64, "all"), (1, "the last saved only"), (0, "none")])
+def test_prompts_kept_in_host_memory_come_back_bit_exact(
+    smollm2_gguf: Path, reference: Any, budget_mib: int, kept: str
+) -> None:
+    backend = one_slot(smollm2_gguf, budget_mib)  # about 23 KB of KV per token: 1 MiB holds one prompt
+    try:
+        order = [QUESTIONS[1], QUESTIONS[2], QUESTIONS[3], QUESTIONS[1], QUESTIONS[2]]
+        finishes = []
+        for question in order:
+            tokens, finish = run(backend, [{"role": "user", "content": question}], 8)
+            assert tokens == reference_tokens(reference, backend, [{"role": "user", "content": question}], 8)
+            finishes.append(finish)
+    finally:
+        backend.close()
+    prompts = [prompt_of(reference, backend, q) for q in order]
+    system = common_prefix_length(prompts[0], prompts[1])  # the template's system prompt and the user header
+    full = [len(p) - 2 for p in prompts]  # a whole prompt found again: all but its last two tokens
+    expected = {
+        "all": [0, system, system, full[3], full[4]],  # QUESTIONS[1] and [2] come back from host memory
+        "the last saved only": [0, system, system, system, system],  # each save evicted the one before
+        "none": [0, system, system, system, system],
+    }[kept]
+    assert [f.cached_tokens for f in finishes] == expected

@@ -1,0 +1,30 @@
+"""Engine settings reach the backend: flags first, then the Kitfile's parameters, then defaults."""
+
+from __future__ import annotations
+
+import pytest
+
+from backends.select import EngineOptions
+from devserver.cli import build_parser, settings_from
+from devserver.errors import UsageError
+from devserver.launch import engine_options
+
+
+def options_for(argv: list[str], parameters: object = None) -> EngineOptions:
+    return engine_options(settings_from(build_parser().parse_args(["start", "./m", *argv])), parameters)
+
+
+def test_flags_win_over_kitfile_parameters() -> None:
+    options = options_for(["--ctx-size", "512", "--parallel", "2", "--prompt-cache-mib", "0"], {"ctx_size": 1024})
+    assert (options.ctx_size, options.parallel, options.prompt_cache_mib) == (512, 2, 0)
+
+
+def test_kitfile_parameters_then_defaults() -> None:
+    options = options_for([], {"n_ctx": 1024, "ngl": 0, "threads": "two"})  # a non-integer is ignored
+    assert (options.ctx_size, options.n_gpu_layers, options.threads) == (1024, 0, None)
+    assert (options.parallel, options.prompt_cache_mib) == (None, 512)
+
+
+def test_negative_prompt_cache_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="prompt_cache_mib"):
+        options_for(["--prompt-cache-mib", "-1"])
