@@ -1,6 +1,7 @@
 """Serving speed of kit-dev against its peers under concurrency, in vLLM's benchmark vocabulary.
 
-Peers, all on the same GGUF, threads, per-request context and prompts, greedy, no prompt caching:
+Peers, all on the same GGUF, threads, per-request context and prompts, greedy, each with its own
+prompt-prefix caching on, as it ships:
   kit-dev            ``kit-dev start DIR --foreground --parallel 4`` (continuous batching)
   llama_cpp.server   ``python -m llama_cpp.server`` (one request at a time behind a lock; with
                      ``--interrupt_requests false``, else a new request ends the running stream)
@@ -108,7 +109,6 @@ def inprocess_sender(gguf: Path, threads: int, ctx: int, max_tokens: int) -> Sen
     llm = Llama(model_path=str(gguf), n_ctx=ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
 
     def send(question: str) -> RequestTiming:
-        llm.reset()  # no prefix reuse, like the servers here
         sent = time.perf_counter()
         stream = llm.create_chat_completion([{"role": "user", "content": question}], temperature=0,
                                             max_tokens=max_tokens, stream=True)  # fmt: skip
@@ -180,11 +180,10 @@ def start_peers(args: argparse.Namespace, gguf: Path, work: Path) -> tuple[list[
         port = free_port()
         processes.append(start_process(
             [str(LLAMA_SERVER), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-c", str(ctx * SLOTS),
-             "-np", str(SLOTS), "-t", threads, "-tb", threads, "-fa", "off", "-no-kvu", "--no-cache-prompt",
-             "--no-webui"],
+             "-np", str(SLOTS), "-t", threads, "-tb", threads, "-fa", "off", "-no-kvu", "--no-webui"],
             f"http://127.0.0.1:{port}/health", work / "llama-server.log", env=llama_server_env(),
         ))  # fmt: skip
-        peers.append(Peer(LS, http_sender(f"http://127.0.0.1:{port}", args.max_tokens, {"cache_prompt": False})))
+        peers.append(Peer(LS, http_sender(f"http://127.0.0.1:{port}", args.max_tokens, {})))
     peers.append(Peer(INPROC, inprocess_sender(gguf, args.threads, ctx, args.max_tokens), levels=(1,)))
     return peers, processes
 
