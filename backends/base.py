@@ -113,6 +113,7 @@ class BackendInfo:
     model_file: str
     context_size: int
     max_concurrency: int = 1
+    vocab_size: int | None = None  # token ids run 0..vocab_size-1 (checked in logit_bias); None: unknown
     adapters: tuple[AdapterInfo, ...] = ()
     reasons: tuple[str, ...] = ()  # why this backend and device were chosen, in words
     extra: dict[str, Any] = field(default_factory=dict)

@@ -24,6 +24,8 @@ from backends.base import (
 )
 from backends.stopping import StopMatcher
 
+FAKE_VOCAB_SIZE = 1000  # what logit_bias may name; the scripted pieces have no ids of their own
+
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
@@ -59,6 +61,7 @@ class FakeBackend:
             model_file="fake.gguf",
             context_size=context_size,
             max_concurrency=max_concurrency,
+            vocab_size=FAKE_VOCAB_SIZE,
             reasons=("FakeBackend: scripted events for tests",),
         )
         self.requests: list[GenerationRequest] = []

@@ -100,6 +100,7 @@ def load(choice: BackendChoice, options: EngineOptions) -> HFBackend:
         model_file=str(directory),
         context_size=context,
         max_concurrency=parallel,
+        vocab_size=model.get_output_embeddings().weight.shape[0],  # the logits' width, not the tokenizer's
         adapters=tuple(AdapterInfo(a.name, str(a.path), "peft-lora") for a in choice.adapters),
         reasons=choice.reasons,
         extra={

@@ -94,6 +94,7 @@ def load(choice: BackendChoice, options: EngineOptions) -> LlamaCppBackend:
         model_file=str(choice.model_path),
         context_size=scheduler.n_ctx_seq,
         max_concurrency=parallel,
+        vocab_size=model.n_vocab,
         adapters=adapters.infos(),
         reasons=choice.reasons,
         extra={

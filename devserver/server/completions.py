@@ -104,6 +104,7 @@ class CompletionServing(Serving[CompletionRequest]):
                     limit, choice=i, logprobs=want_logprobs, top_logprobs=request.logprobs or 0
                 )
                 self.check_context(tokens, params.max_tokens, loaded, "prompt")
+                self.check_token_ids(params, loaded)
                 generations.append(
                     GenerationRequest(
                         request_id=f"{request_id}-{len(generations)}",

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
-from backends.base import GenerationRequest
+from backends.base import GenerationRequest, SamplingParams
 from devserver.errors import BackendError, ContextLengthExceeded, InvalidRequest
 from devserver.server import chat
 from devserver.server.choices import Choice, choice_list, merge, on_event
@@ -135,6 +135,17 @@ class Serving(Generic[RequestT]):
                 param="max_tokens",
             )
 
+    def check_token_ids(self, params: SamplingParams, loaded: Loaded) -> None:
+        """Refuse a ``logit_bias`` naming a token the model does not have, as OpenAI and vLLM do,
+        before the request queues (the engine would fail it mid-stream or ignore it)."""
+        vocab = loaded.backend.info.vocab_size
+        unknown = sorted(t for t in params.logit_bias or {} if vocab is not None and not 0 <= t < vocab)
+        if unknown:
+            raise InvalidRequest(
+                f"logit_bias names token ids {unknown[:5]} that the model lacks; its ids run 0 to {vocab - 1}",
+                param="logit_bias",
+            )
+
     async def _stream(
         self, request: RequestT, plan: Plan, jobs: list[Job], tracker: RequestTracker
     ) -> AsyncIterator[str]:
@@ -212,6 +223,7 @@ class ChatServing(Serving[ChatCompletionRequest]):
             for i in range(request.n)
         ]
         self.check_context(prompt_tokens, generations[0].params.max_tokens, loaded, "messages")
+        self.check_token_ids(generations[0].params, loaded)
         choices = choice_list(request.n, lambda: chat.extractor(request), logprobs=request.logprobs)
         return Plan(request_id, generations, choices, [0], self.model_id(adapter))
 

@@ -54,6 +54,9 @@ def test_roles_and_text_part_content(served: tuple[str, LiveServer]) -> None:
     reply = client(server).chat.completions.create(model=MODEL_ID, messages=messages, temperature=0, user="u-1")
     assert reply.choices[0].message.role == "assistant"
     assert reply.choices[0].finish_reason in ("stop", "length")
+    with pytest.raises(openai.BadRequestError) as refused:  # SmolLM2's ids run 0-49151
+        client(server).chat.completions.create(model=MODEL_ID, messages=ASK, logit_bias={"49152": -100}, stream=True)
+    assert refused.value.body["param"] == "logit_bias" and "49151" in refused.value.body["message"]
 
 
 def test_same_seed_same_output_and_stream_equals_plain(served: tuple[str, LiveServer]) -> None:

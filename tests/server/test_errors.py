@@ -70,6 +70,8 @@ def test_unknown_fields_are_refused_by_name(server: LiveServer) -> None:
         ({"max_tokens": 0}, "max_tokens"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
         ({"logit_bias": {"hello": 1}}, "logit_bias"),
+        ({"logit_bias": {"1000": 1}}, "logit_bias"),  # FakeBackend's vocabulary is ids 0-999
+        ({"logit_bias": {"-1": 1}}, "logit_bias"),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ],
