@@ -20,7 +20,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from devserver.errors import KitfileError, ReferenceError_
 from devserver.modelkit import _gojson, mediatypes
-from devserver.modelkit._yaml import StrictDecoder
 from devserver.oci.reference import parse_reference
 
 __all__ = [
@@ -261,6 +260,9 @@ def is_modelkit_reference(path: str) -> bool:
 
 def parse_kitfile(text: str, *, validate: bool = True) -> Kitfile:
     """Decode Kitfile YAML text strictly and (unless ``validate`` is false) apply kit's rules."""
+    # Imported here: ruamel.yaml costs ~25 ms to import, and a pull reads the Kitfile from JSON only.
+    from devserver.modelkit._yaml import StrictDecoder
+
     kitfile = StrictDecoder().decode(text, Kitfile)
     assert isinstance(kitfile, Kitfile)
     if validate:
