@@ -1,9 +1,11 @@
 """Pull a ModelKit from a registry into the local store: manifest → config → layers → parents.
 
 Only what is asked for is fetched: with ``layers="serving"`` the config plus the model and part
-layers, never datasets, code or docs (a dev server does not need a 40 GB training set). Blobs go
+layers, never datasets, code or docs (a dev server does not need a 40 GB training set). Layers are
+fetched only once the Kitfile in the config has been read and matched to the manifest. Blobs go
 ``--concurrency`` at a time through one thread-safe client; each is streamed, hashed and resumable
-(``RegistryClient.fetch_blob``). A blob the store already holds is re-hashed instead of fetched, and
+(``RegistryClient.fetch_blob``), and a transfer that fails stops the others at once
+(``devserver.oci.transfers``). A blob the store already holds is re-hashed instead of fetched, and
 fetched again only if it turns out corrupt. A pull that cannot fit on the disk is refused before
 the first byte moves. The manifest is recorded under the reference last, once its blobs are in.
 
@@ -14,13 +16,11 @@ the chain at most ``MAX_MODEL_REF_CHAIN`` deep and refusing cycles, as kit does.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
-from devserver.errors import CacheError, ModelKitError, ReferenceError_
+from devserver.errors import ModelKitError, ReferenceError_
 from devserver.modelkit.kitfile import Kitfile, is_modelkit_reference
 from devserver.modelkit.layers import (
     IndexEntry,
@@ -33,11 +33,12 @@ from devserver.modelkit.layers import (
     read_kitfile,
     serving_layers,
 )
-from devserver.oci.descriptor import OCI_IMAGE_INDEX, Descriptor
+from devserver.oci.descriptor import OCI_IMAGE_INDEX
 from devserver.oci.options import RegistryOptions
 from devserver.oci.reference import DEFAULT_REGISTRY, Reference, parse_reference
 from devserver.oci.registry import ProgressFn, RegistryClient
 from devserver.oci.store import LocalStore
+from devserver.oci.transfers import BlobTransfers, format_bytes
 
 __all__ = ["MAX_MODEL_REF_CHAIN", "PulledModelKit", "choose_index_entry", "format_bytes", "pull_modelkit"]
 
@@ -58,18 +59,6 @@ class PulledModelKit:
     cache_hits: int = 0
     parents: list[PulledModelKit] = field(default_factory=list)  # the model.path chain, nearest first
     index: list[IndexEntry] | None = None  # the entries, when the reference named a ModelKit index
-
-
-def format_bytes(size: int) -> str:
-    """kit's FormatBytes: binary units, one decimal, rounded down (``1.0 KiB``, ``500 B``)."""
-    if size < 1024:
-        return f"{size} B"
-    value = size / 1024
-    units = ["KiB", "MiB", "GiB", "TiB", "PiB"]
-    while value >= 1024 and len(units) > 1:
-        value /= 1024
-        units.pop(0)
-    return f"{int(value * 10) / 10:.1f} {units[0]}"
 
 
 def choose_index_entry(entries: list[IndexEntry], wanted: str | None) -> IndexEntry:
@@ -116,12 +105,13 @@ def pull_modelkit(
             reference = reference.with_digest(chosen.descriptor.digest)
             data, media_type, digest = client.get_manifest(reference.repository, chosen.descriptor.digest)
         manifest = parse_manifest(data)
-        job = _Job(client, reference, store, progress)
-        job.fetch([manifest.config], options.concurrency)
-        config = read_kitfile(manifest, store.read_blob(manifest.config.digest))
-        matched = match_layers(manifest, config)
-        wanted = [m.descriptor for m in serving_layers(matched)] if layers == "serving" else manifest.layers
-        job.fetch(wanted, options.concurrency)
+        with BlobTransfers(client, reference, store, progress, options.concurrency) as job:
+            job.start([manifest.config])
+            job.wait()
+            config = read_kitfile(manifest, store.read_blob(manifest.config.digest))
+            matched = match_layers(manifest, config)
+            job.start([m.descriptor for m in serving_layers(matched)] if layers == "serving" else manifest.layers)
+            job.wait()
         store.put_manifest(reference, data)
         parents = _pull_parents(config, store, options, progress, [*_chain, str(reference), digest])
         return PulledModelKit(
@@ -146,51 +136,3 @@ def _pull_parents(
         raise ModelKitError(f"ModelKit reference chain is longer than {MAX_MODEL_REF_CHAIN}: {' -> '.join(names)}")
     pulled = pull_modelkit(parent, store, options=options, layers="serving", progress=progress, _chain=chain)
     return [pulled, *pulled.parents]
-
-
-class _Job:
-    """The blobs of one pull: fetched ``concurrency`` at a time, counted for the caller's statistics."""
-
-    def __init__(self, client: RegistryClient, reference: Reference, store: LocalStore, progress: ProgressFn | None):
-        self.client, self.reference, self.store, self.progress = client, reference, store, progress
-        self.fetched: list[str] = []
-        self.fetched_bytes = 0
-        self.hits = 0
-
-    def fetch(self, descriptors: list[Descriptor], concurrency: int) -> None:
-        unique = list({d.digest: d for d in descriptors}.values())
-        missing = [d for d in unique if not self._cached(d)]
-        self.hits += len(unique) - len(missing)
-        self._check_space(missing)
-        if len(missing) <= 1 or concurrency <= 1:
-            for descriptor in missing:
-                self._one(descriptor)
-            return
-        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="pull") as pool:
-            for future in [pool.submit(self._one, d) for d in missing]:
-                future.result()
-
-    def _cached(self, descriptor: Descriptor) -> bool:
-        """Present and intact; a corrupt cached blob is deleted here so it is fetched again."""
-        return self.store.has_blob(descriptor.digest) and self.store.verify_blob(descriptor.digest, descriptor.size)
-
-    def _one(self, descriptor: Descriptor) -> None:
-        if self.client.fetch_blob(self.reference.repository, descriptor, self.store, progress=self.progress):
-            self.fetched.append(descriptor.digest)
-            self.fetched_bytes += descriptor.size
-        else:
-            self.hits += 1
-
-    def _check_space(self, missing: list[Descriptor]) -> None:
-        partial = 0
-        for d in missing:
-            ingest = self.store.root / "ingest" / d.digest.removeprefix("sha256:")
-            partial += ingest.stat().st_size if ingest.is_file() else 0
-        needed = sum(d.size for d in missing) - partial
-        free = shutil.disk_usage(self.store.root).free
-        if needed > free:
-            raise CacheError(
-                f"not enough disk space to pull {self.reference}: it needs {format_bytes(needed)} "
-                f"({needed} bytes) more in {self.store.root}, which has {format_bytes(free)} ({free} bytes) free",
-                hint="free some space (`kit-dev prune`, `kit-dev rm REF`) or use --cache-dir on a larger disk",
-            )

@@ -2,7 +2,9 @@
 
 * ``cut``: digests whose first full GET sends the headers and half of the body, then closes the
   connection (a dropped link mid-blob); later requests with ``Range: bytes=N-`` get a 206;
-* ``fail_first``: paths answered 503 that many times before they work (a registry having a bad minute).
+* ``fail_first``: paths answered 503 that many times before they work (a registry having a bad minute);
+* ``slow``: digests whose body trickles out 64 KiB at a time, this many seconds apart (a slow link),
+  until the client hangs up.
 
 Every request's path and Range header is recorded, so a test can see that a pull resumed.
 """
@@ -10,6 +12,7 @@ Every request's path and Range header is recorded, so a test can see that a pull
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,6 +26,7 @@ class FlakyRoutes:
     routes: dict[str, tuple[bytes, str]]
     cut: set[str] = field(default_factory=set)
     fail_first: dict[str, int] = field(default_factory=dict)
+    slow: dict[str, float] = field(default_factory=dict)
     seen: list[tuple[str, str | None]] = field(default_factory=list)
 
 
@@ -70,14 +74,23 @@ def flaky_registry(spec: FlakyRoutes) -> Iterator[str]:
                 self.close_connection = True
                 self.connection.shutdown(2)
                 return
-            self._send(200, body, content_type)
+            self._send(200, body, content_type, pause=spec.slow.get(digest, 0.0))
 
-        def _send(self, status: int, body: bytes, content_type: str) -> None:
+        def _send(self, status: int, body: bytes, content_type: str, pause: float = 0.0) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if not pause:
+                self.wfile.write(body)
+                return
+            try:
+                for start in range(0, len(body), 64 << 10):
+                    self.wfile.write(body[start : start + (64 << 10)])
+                    self.wfile.flush()
+                    time.sleep(pause)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client gave up on this blob
 
         def log_message(self, format: str, *args: object) -> None:
             pass
