@@ -7,10 +7,13 @@ Builds a ModelKit of random weights (default 1 GiB in 4 layers), pushes it to a 
 * ``curl --parallel`` fetching the same blobs (config and layers) with the same number of
   transfers in flight (``--concurrency``), to files in the same temporary directory tree.
 
-Prints each run, the median of the paired per-round ratios, and kit-dev's peak RSS. The target:
-ratio >= 0.8 and RSS < 200 MiB whatever the blob size (downloads stream in 1 MiB chunks).
+Prints the load average it started under, each run, the median of the paired per-round ratios,
+and kit-dev's peak RSS. The target: ratio >= 0.8 and RSS < 200 MiB whatever the blob size
+(downloads stream in 1 MiB chunks). The defaults are the acceptance run: 5 transfers in flight
+(kit's and kit-dev's default ``--concurrency``) and 5 rounds. The machine should be otherwise idle:
+on two cores, anything else running shows up in the ratio.
 
-    .venv/bin/python bench/pull.py [--gib 1] [--layers 4] [--concurrency 4] [--rounds 2]
+    .venv/bin/python bench/pull.py [--gib 1] [--layers 4] [--concurrency 5] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from devserver.modelkit.pack import pack_modelkit  # noqa: E402
+from devserver.oci.options import DEFAULT_CONCURRENCY  # noqa: E402
 from devserver.oci.push import push_modelkit  # noqa: E402
 from devserver.oci.reference import parse_reference  # noqa: E402
 from devserver.oci.store import LocalStore  # noqa: E402
@@ -86,14 +90,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gib", type=float, default=1.0)
     parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    work = Path(
-        tempfile.mkdtemp(
-            prefix="kit-dev-bench-pull-",
-        )
-    )
+    load = os.getloadavg()[0]
+    work = Path(tempfile.mkdtemp(prefix="kit-dev-bench-pull-"))
     registry = RegistryProcess(root=work / "registry").start()
     try:
         make_kit(work / "kit", int(args.gib * (1 << 30)), args.layers)
@@ -106,7 +107,8 @@ def main() -> int:
         total = sum(d.size for d in blobs)
         shutil.rmtree(work / "source")
         print(f"ModelKit: {total / (1 << 30):.2f} GiB in {len(result.layers)} layers; "
-              f"{args.concurrency} transfers in flight; loopback docker-registry; {args.rounds} rounds")  # fmt: skip
+              f"{args.concurrency} transfers in flight; loopback docker-registry; {args.rounds} rounds; "
+              f"load average {load:.2f} at the start")  # fmt: skip
         kitdev_times: list[float] = []
         curl_times: list[float] = []
         peak = 0
@@ -130,6 +132,7 @@ def main() -> int:
             "curl_mb_s_median": round(total / statistics.median(curl_times) / 1e6, 1),
             "ratio_median_of_pairs": round(ratio, 2),
             "kitdev_peak_rss_mib": round(peak / (1 << 20)),
+            "load_average_at_start": round(load, 2),
         }
         print(f"throughput ratio kit-dev/curl (median of paired rounds): {ratio:.2f} (target >= 0.8); "
               f"kit-dev peak RSS {peak / (1 << 20):.0f} MiB (target < 200)")  # fmt: skip
