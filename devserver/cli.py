@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pydantic
+
 from devserver import __version__, daemon
 from devserver.errors import KitDevError, UsageError
 from devserver.oci.options import DEFAULT_CONCURRENCY, RegistryOptions
@@ -185,9 +187,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
     given = {name: getattr(args, name) for name in _SETTINGS_FLAGS if getattr(args, name, None) is not None}
     try:
         return Settings(**given)
-    except ValueError as exc:  # pydantic's ValidationError: a flag or KIT_DEV_* value out of range
-        first = str(exc).splitlines()
-        raise UsageError(" ".join(first[1:3]) if len(first) > 2 else str(exc)) from exc
+    except pydantic.ValidationError as exc:  # a flag or KIT_DEV_* value out of range
+        first = exc.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else "a setting"
+        where = f"--{name.replace('_', '-')} (env KIT_DEV_{name.upper()})"
+        raise UsageError(f"{where}: {first['msg'].lower()}, got {first['input']!r}") from exc
 
 
 def _configure_logging(level: str) -> None:
@@ -198,6 +202,9 @@ def cmd_start(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if bool(args.directory) == bool(args.modelkit):
         raise UsageError("start needs exactly one of DIRECTORY or --modelkit REF",
                          hint="e.g. `kit-dev start --modelkit 127.0.0.1:5000/org/model:1`")  # fmt: skip
+    looks_like_path = args.directory and args.directory.startswith((".", "/", "~"))
+    if looks_like_path and not Path(args.directory).expanduser().is_dir():
+        raise UsageError(f"no directory {args.directory}", hint="give one that holds a Kitfile, or --modelkit REF")
     settings = settings_from(args)
     if not args.foreground:
         state = daemon.RunState(settings.run_dir)

@@ -2,7 +2,8 @@
 
 ``kit dev`` returns before its server is ready; kit-dev waits for ``/health`` to answer 200, because a
 command that returns is a promise that the next ``curl`` works. If the server dies while starting, the
-last error line of its log is what the user sees.
+last error line of its log is what the user sees; if it answers that its model failed to load, it is
+stopped and that error is what the user sees, at once rather than after ``--wait-timeout``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from devserver.errors import KitDevError, UsageError
 
@@ -115,8 +117,14 @@ def start_background(state: RunState, argv: list[str], url: str, *, wait_timeout
             raise KitDevError(
                 f"the server exited while starting: {last_error_line(state.log_file)}", hint="see `kit-dev logs`"
             )
-        if _health(url) == 200:
+        health = _health(url)
+        if health is not None and health[0] == 200:
             return process.pid
+        if health is not None and health[1].get("status") == "error":  # up, but the model failed to load
+            process.terminate()
+            process.wait(timeout=30)
+            state.clear()
+            raise KitDevError(f"the model failed to load: {health[1].get('error')}", hint="see `kit-dev logs`")
         time.sleep(0.2)
     raise KitDevError(
         f"the server did not become ready within {wait_timeout:.0f}s (PID {process.pid} still running)",
@@ -124,13 +132,19 @@ def start_background(state: RunState, argv: list[str], url: str, *, wait_timeout
     )
 
 
-def _health(url: str) -> int | None:
+def _health(url: str) -> tuple[int, dict[str, Any]] | None:
+    """``/health``'s status code and JSON body, or None while nothing answers."""
     import httpx  # here, not at the top: every CLI command imports this module, few ask for /health
 
     try:
-        return httpx.get(f"{url}/health", timeout=2.0).status_code
+        response = httpx.get(f"{url}/health", timeout=2.0)
     except httpx.HTTPError:
         return None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    return response.status_code, body if isinstance(body, dict) else {}
 
 
 def stop(state: RunState, *, timeout: float = 20.0) -> int:
@@ -157,8 +171,13 @@ def status(state: RunState) -> dict[str, object]:
     if pid is None:
         return {"running": False}
     url = state.info().get("url", "")
-    code = _health(url) if url else None
-    health = {200: "ready", 503: "loading"}.get(code or 0, "not answering")
+    answer = _health(url) if url else None
+    if answer is None:
+        health = "not answering"
+    elif answer[0] == 200:
+        health = "ready"
+    else:
+        health = "failed" if answer[1].get("status") == "error" else "loading"
     return {"running": True, "pid": pid, "url": url, "health": health}
 
 

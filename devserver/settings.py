@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     plain_http: bool = Field(False, description="talk plain HTTP to a non-loopback registry")
     # server
     host: str = Field("127.0.0.1", description="address to bind; loopback unless you mean to share it")
-    port: int = Field(8000, ge=0, le=65535)
+    port: int = Field(8000, ge=1, le=65535)  # not 0: `start` prints and polls the port it asked for
     api_key: str | None = Field(None, description="require 'Authorization: Bearer KEY' on /v1/*")
     queue_size: int = Field(64, ge=1, description="requests waiting per model before 429")
     max_tokens_limit: int | None = Field(None, ge=1, description="cap on generated tokens per request")

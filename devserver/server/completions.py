@@ -93,6 +93,8 @@ class CompletionServing(Serving[CompletionRequest]):
 
     async def plan(self, request: CompletionRequest, loaded: Loaded, adapter: str | None) -> Plan:
         prompts = request.prompts
+        if not all(prompts):  # nothing to condition on: llama.cpp cannot decode 0 tokens (as vLLM refuses)
+            raise InvalidRequest("a prompt is empty; give at least one character of text", param="prompt")
         counts = await run_in_threadpool(lambda: [loaded.backend.count_tokens(p) for p in prompts])
         limit = self._state.config.max_tokens_limit
         want_logprobs = request.logprobs is not None

@@ -25,6 +25,8 @@ def test_kitfile_parameters_then_defaults() -> None:
     assert (options.parallel, options.prompt_cache_mib) == (None, 512)
 
 
-def test_negative_prompt_cache_is_a_usage_error() -> None:
-    with pytest.raises(UsageError, match="prompt_cache_mib"):
+def test_an_out_of_range_flag_is_one_line_naming_flag_and_env() -> None:
+    with pytest.raises(UsageError) as refused:
         options_for(["--prompt-cache-mib", "-1"])
+    expected = "--prompt-cache-mib (env KIT_DEV_PROMPT_CACHE_MIB): input should be greater than or equal to 0, got -1"
+    assert refused.value.one_line() == expected

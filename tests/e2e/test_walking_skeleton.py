@@ -8,6 +8,7 @@ llama-cpp-python on the same GGUF with the same messages.
 from __future__ import annotations
 
 import json
+import time
 from functools import cache
 from pathlib import Path
 
@@ -128,3 +129,28 @@ def test_start_needs_a_target(kitdev: KitDev):
         "kit-dev: error: start needs exactly one of DIRECTORY or --modelkit REF "
         "(e.g. `kit-dev start --modelkit 127.0.0.1:5000/org/model:1`)"
     )
+
+
+def test_a_model_that_fails_to_load_ends_start_at_once(kitdev: KitDev, smollm2_kit_dir: Path, port: int):
+    began = time.monotonic()
+    result = kitdev.run(
+        "start", str(smollm2_kit_dir), "--port", str(port), "--ctx-size", "10000000", "--wait-timeout", "120",
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert time.monotonic() - began < 60  # the server said so on /health: no waiting out --wait-timeout
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("kit-dev: error: the model failed to load: ") and "--ctx-size" in line
+    assert kitdev.run("status", check=False).returncode == 3  # the failed server was stopped
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["./no-such-model"], "no directory ./no-such-model (give one that holds a Kitfile, or --modelkit REF)"),
+        (["x:1", "--port", "0"], "--port (env KIT_DEV_PORT): input should be greater than or equal to 1, got 0"),
+    ],
+)
+def test_start_refuses_bad_arguments_in_one_line(kitdev: KitDev, args: list[str], message: str):
+    result = kitdev.run("start", *args, check=False)
+    assert (result.returncode, result.stderr.strip()) == (1, f"kit-dev: error: {message}")

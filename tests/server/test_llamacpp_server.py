@@ -127,3 +127,12 @@ def test_a_repeated_prompt_reuses_its_prefix_and_says_so(server: LiveServer, cli
     hits = value(after, "kitdev_prefix_cache_hits_total") - value(before, "kitdev_prefix_cache_hits_total")
     queries = value(after, "kitdev_prefix_cache_queries_total") - value(before, "kitdev_prefix_cache_queries_total")
     assert (hits, queries) == (cached, 2 * prompt_tokens)
+
+
+def test_an_empty_completion_prompt_is_a_400_and_the_server_goes_on(server: LiveServer, client: Any) -> None:
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as refused:  # SmolLM2 adds no BOS: nothing to decode
+            client.completions.create(model=MODEL_ID, prompt="", max_tokens=3, stream=stream)
+        assert refused.value.body["param"] == "prompt"
+    reply = client.completions.create(model=MODEL_ID, prompt="The sky is", max_tokens=3, temperature=0)
+    assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 3

@@ -161,6 +161,7 @@ def test_completions_prompt_list_n_echo_and_stream(serve: ServerFactory) -> None
 
 @pytest.mark.parametrize(("extra", "param"), [({"suffix": "x"}, "suffix"), ({"best_of": 3}, "best_of"),
                                               ({"prompt": []}, "prompt"), ({"logprobs": 6}, "logprobs"),
+                                              ({"prompt": ""}, "prompt"), ({"prompt": ["", "Hi"]}, "prompt"),
                                               ({"logit_bias": {"5000": 1}}, "logit_bias")])  # fmt: skip
 def test_completions_refusals_name_the_param(serve: ServerFactory, extra: dict[str, Any], param: str) -> None:
     server = serve(FakeBackend())
