@@ -210,7 +210,8 @@ def cmd_start(args: argparse.Namespace, argv: Sequence[str]) -> int:
         state = daemon.RunState(settings.run_dir)
         url = f"http://{_connect_host(settings.host)}:{settings.port}"
         pid = daemon.start_background(state, list(argv), url, wait_timeout=args.wait_timeout)
-        print(f"kit-dev is serving at {url}/v1 (PID {pid}); stop it with `kit-dev stop`")
+        stop = "kit-dev stop" + (f" --cache-dir {args.cache_dir}" if args.cache_dir else "")  # its run/ lives there
+        print(f"kit-dev is serving at {url}/v1 (PID {pid}); stop it with `{stop}`")
         return 0
     return _serve_foreground(args, settings)
 

@@ -80,14 +80,16 @@ def _alive(pid: int) -> bool:
 
 
 def last_error_line(log_file: Path) -> str:
-    """The last ``kit-dev: error:`` line of the log, else its last non-empty line."""
+    """The last ``kit-dev: error:`` line of the log, else uvicorn's last ``ERROR:`` line (a port in
+    use), else its last non-empty line."""
     try:
         lines = [line.strip() for line in log_file.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
         return "the server exited before writing a log"
-    for line in reversed(lines):
-        if line.startswith(ERROR_PREFIX):
-            return line[len(ERROR_PREFIX) :].strip()
+    for prefix in (ERROR_PREFIX, "ERROR:"):
+        for line in reversed(lines):
+            if line.startswith(prefix):
+                return line[len(prefix) :].strip()
     return lines[-1] if lines else "the server exited without a message"
 
 

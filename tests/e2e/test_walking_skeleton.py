@@ -8,6 +8,7 @@ llama-cpp-python on the same GGUF with the same messages.
 from __future__ import annotations
 
 import json
+import socket
 import time
 from functools import cache
 from pathlib import Path
@@ -154,3 +155,12 @@ def test_a_model_that_fails_to_load_ends_start_at_once(kitdev: KitDev, smollm2_k
 def test_start_refuses_bad_arguments_in_one_line(kitdev: KitDev, args: list[str], message: str):
     result = kitdev.run("start", *args, check=False)
     assert (result.returncode, result.stderr.strip()) == (1, f"kit-dev: error: {message}")
+
+
+def test_a_port_in_use_is_named(kitdev: KitDev, smollm2_kit_dir: Path, port: int):
+    with socket.create_server(("127.0.0.1", port)):
+        result = kitdev.run("start", str(smollm2_kit_dir), "--port", str(port), check=False)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    bind = f"error while attempting to bind on address ('127.0.0.1', {port})"
+    assert line.startswith(f"kit-dev: error: the server exited while starting: [Errno 98] {bind}")
