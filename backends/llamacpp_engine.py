@@ -234,12 +234,13 @@ class Scheduler:
         self._free_slots.remove(slot)
         cache = self._slot_cache[slot]
         stored = self._store.best(sequence.adapter, sequence.prompt, common) if self._store is not None else None
-        if self._store is not None and stored:
-            self._keep(slot)
-            restored = self._store.restore(slot, sequence.adapter, stored[1])
-            common, cache.adapter, cache.tokens = (
-                (stored[0], sequence.adapter, stored[1]) if restored else (0, None, [])
-            )
+        if self._store is not None and stored is not None:
+            self._keep(slot)  # the slot's own prompt, before the stored one replaces it
+            common, tokens = stored
+            if self._store.restore(slot, sequence.adapter, tokens):
+                cache.adapter, cache.tokens = sequence.adapter, tokens
+            else:
+                common, cache.adapter, cache.tokens = 0, None, []
         start = reuse_point(common, len(sequence.prompt))
         if start < len(cache.tokens):
             self._keep(slot)

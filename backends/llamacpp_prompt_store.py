@@ -37,12 +37,10 @@ class PromptStore:
     def __init__(self, lib: Any, ctx: Any, capacity_bytes: int) -> None:
         self._lib = lib
         self._ctx = ctx
+        self._memory = lib.llama_get_memory(ctx)
         self.capacity_bytes = capacity_bytes
         self.size_bytes = 0
         self._entries: collections.OrderedDict[tuple[str | None, tuple[int, ...]], Any] = collections.OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
     def save(self, slot: int, adapter: str | None, tokens: list[int]) -> None:
         """Keep the state of ``slot``, which holds exactly ``tokens`` (computed under ``adapter``)."""
@@ -82,7 +80,7 @@ class PromptStore:
     def restore(self, slot: int, adapter: str | None, tokens: list[int]) -> bool:
         """Copy the state saved for ``tokens`` into ``slot`` (replacing what it held)."""
         buffer = self._entries[(adapter, tuple(tokens))]
-        self._lib.llama_memory_seq_rm(self._lib.llama_get_memory(self._ctx), slot, -1, -1)
+        self._lib.llama_memory_seq_rm(self._memory, slot, -1, -1)
         return bool(self._lib.llama_state_seq_set_data(self._ctx, buffer, len(buffer), slot) == len(buffer))
 
     def forget(self, adapter: str) -> None:

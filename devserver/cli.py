@@ -189,9 +189,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
         return Settings(**given)
     except pydantic.ValidationError as exc:  # a flag or KIT_DEV_* value out of range
         first = exc.errors()[0]
-        name = str(first["loc"][0]) if first["loc"] else "a setting"
-        where = f"--{name.replace('_', '-')} (env KIT_DEV_{name.upper()})"
-        raise UsageError(f"{where}: {first['msg'].lower()}, got {first['input']!r}") from exc
+        problem = f"{first['msg'].lower()}, got {first['input']!r}"
+        if not first["loc"]:
+            raise UsageError(problem) from exc
+        name = str(first["loc"][0])
+        raise UsageError(f"--{name.replace('_', '-')} (env KIT_DEV_{name.upper()}): {problem}") from exc
 
 
 def _configure_logging(level: str) -> None:

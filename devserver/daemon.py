@@ -174,12 +174,7 @@ def status(state: RunState) -> dict[str, object]:
         return {"running": False}
     url = state.info().get("url", "")
     answer = _health(url) if url else None
-    if answer is None:
-        health = "not answering"
-    elif answer[0] == 200:
-        health = "ready"
-    else:
-        health = "failed" if answer[1].get("status") == "error" else "loading"
+    health = {200: "ready", 503: "loading"}.get(answer[0] if answer else 0, "not answering")
     return {"running": True, "pid": pid, "url": url, "health": health}
 
 

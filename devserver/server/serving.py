@@ -139,7 +139,9 @@ class Serving(Generic[RequestT]):
         """Refuse a ``logit_bias`` naming a token the model does not have, as OpenAI and vLLM do,
         before the request queues (the engine would fail it mid-stream or ignore it)."""
         vocab = loaded.backend.info.vocab_size
-        unknown = sorted(t for t in params.logit_bias or {} if vocab is not None and not 0 <= t < vocab)
+        if vocab is None or not params.logit_bias:
+            return
+        unknown = sorted(t for t in params.logit_bias if not 0 <= t < vocab)
         if unknown:
             raise InvalidRequest(
                 f"logit_bias names token ids {unknown[:5]} that the model lacks; its ids run 0 to {vocab - 1}",
