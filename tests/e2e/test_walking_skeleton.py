@@ -164,3 +164,10 @@ def test_a_port_in_use_is_named(kitdev: KitDev, smollm2_kit_dir: Path, port: int
     [line] = result.stderr.strip().splitlines()
     bind = f"error while attempting to bind on address ('127.0.0.1', {port})"
     assert line.startswith(f"kit-dev: error: the server exited while starting: [Errno 98] {bind}")
+
+
+def test_the_stop_hint_names_the_cache_dir_it_was_given(kitdev: KitDev, smollm2_kit_dir: Path, port: int):
+    cache = str(kitdev.cache_dir)
+    started = kitdev.run("start", str(smollm2_kit_dir), "--port", str(port), "--cache-dir", cache)
+    assert started.stdout.strip().endswith(f"stop it with `kit-dev stop --cache-dir {cache}`")
+    assert kitdev.run("stop", "--cache-dir", cache).returncode == 0
