@@ -5,9 +5,12 @@
 ``generate`` call tokenizes, builds the request's sampler chain, hands the request to the scheduler
 and then only waits on its own event queue; the server calls it from ``max_concurrency`` threads.
 
-Greedy output equals a fresh ``Llama.create_chat_completion(temperature=0)`` for the same messages,
-alone or batched with others: same sampler order, same prompt chunking, same attention kernels (no
-flash attention, as ``Llama()``), one KV stream per sequence.
+Greedy output equals a fresh ``Llama(flash_attn=...).create_chat_completion(temperature=0)`` with the
+same attention kernels for the same messages, alone or batched with others: same sampler order, same
+prompt chunking, one KV stream per sequence. Flash attention follows llama.cpp's own default (``auto``:
+on where the device supports it, the CPU included), as llama-server does; ``Llama()`` defaults to it
+off, so ``--flash-attn off`` gives what a default ``Llama()`` gives. On the CPU it makes a decode step
+~9 % faster for SmolLM2 (paired, 2 cores).
 
 Prompt-prefix reuse across requests, bit-exact: a freed slot keeps its prompt's KV and the next request
 sharing a prefix with it evaluates only the rest. Decoding is batch-invariant here (a sequence's logits
@@ -74,6 +77,7 @@ def load(choice: BackendChoice, options: EngineOptions) -> LlamaCppBackend:
             threads=options.threads or max(1, cpus // 2),
             threads_batch=options.threads or cpus,
             prompt_cache_bytes=options.prompt_cache_mib * 2**20,
+            flash_attn=options.flash_attn,
         )
         adapters = AdapterSet(model)
         for spec in choice.adapters:
@@ -105,6 +109,7 @@ def load(choice: BackendChoice, options: EngineOptions) -> LlamaCppBackend:
             "parallel": parallel,
             "kv_cache_tokens": parallel * scheduler.n_ctx_seq,
             "prompt_cache_mib": options.prompt_cache_mib,
+            "flash_attn": options.flash_attn,
             "llama_cpp_python": lib.__version__,
         },
     )

@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from backends.llamacpp_adapters import AdapterSet
 from backends.llamacpp_model import GgufModel
@@ -107,6 +107,7 @@ class ContextSettings:
     threads: int
     threads_batch: int
     prompt_cache_bytes: int = 0  # host memory for prompts' KV after their slot moved on (0: none)
+    flash_attn: Literal["auto", "on", "off"] = "auto"
 
 
 class Scheduler:
@@ -125,9 +126,11 @@ class Scheduler:
         params.n_threads = settings.threads
         params.n_threads_batch = settings.threads_batch
         params.kv_unified = False
-        # Llama() defaults to no flash attention while the raw context defaults to AUTO (on for the
-        # CPU); the numerics differ, so greedy text would differ from llama-cpp-python's.
-        params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.flash_attn_type = {
+            "auto": lib.LLAMA_FLASH_ATTN_TYPE_AUTO,
+            "on": lib.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            "off": lib.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        }[settings.flash_attn]
         params.no_perf = True
         ctx = lib.llama_init_from_model(model.model, params)
         if not ctx:

@@ -90,6 +90,7 @@ class EngineOptions:
     n_gpu_layers: int | None = None
     parallel: int | None = None
     prompt_cache_mib: int = 512  # host memory for prompts' KV once their slot moved on (llama.cpp)
+    flash_attn: Literal["auto", "on", "off"] = "auto"  # llama.cpp; auto is llama.cpp's and llama-server's default
     model_file: str | None = None
     trust_remote_code: bool = False
     allow_pickle: bool = False

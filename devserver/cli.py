@@ -29,7 +29,7 @@ log = logging.getLogger("kit-dev")
 _SETTINGS_FLAGS = (
     "cache_dir", "plain_http", "host", "port", "api_key", "queue_size", "max_tokens_limit", "chat_template",
     "metrics_compat", "log_level", "backend", "device", "model_file", "ctx_size", "threads", "n_gpu_layers",
-    "parallel", "prompt_cache_mib", "trust_remote_code", "allow_pickle", "allow_runtime_lora",
+    "parallel", "prompt_cache_mib", "flash_attn", "trust_remote_code", "allow_pickle", "allow_runtime_lora",
 )  # fmt: skip
 
 
@@ -103,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--parallel", type=int, help="requests decoded at once (llama.cpp slots, transformers batch)")
     start.add_argument(
         "--prompt-cache-mib", type=int, help="host memory for reusable prompt KV, llama.cpp (default 512; 0: off)"
+    )
+    start.add_argument(
+        "--flash-attn",
+        choices=["auto", "on", "off"],
+        help="flash attention, llama.cpp (default auto: on where the device supports it, as llama-server)",
     )
     start.add_argument("--api-key", help="require this Bearer key on /v1/* (env KIT_DEV_API_KEY)")
     start.add_argument("--queue-size", type=int, help="requests that may wait per model before 429")

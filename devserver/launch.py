@@ -50,6 +50,7 @@ def engine_options(settings: Settings, parameters: Any) -> EngineOptions:
         n_gpu_layers=pick("n_gpu_layers"),
         parallel=settings.parallel,
         prompt_cache_mib=settings.prompt_cache_mib,
+        flash_attn=settings.flash_attn,
         model_file=settings.model_file,
         trust_remote_code=settings.trust_remote_code,
         allow_pickle=settings.allow_pickle,

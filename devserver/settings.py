@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     n_gpu_layers: int | None = None
     parallel: int | None = Field(None, ge=1)
     prompt_cache_mib: int = Field(512, ge=0)
+    flash_attn: Literal["auto", "on", "off"] = "auto"
     trust_remote_code: bool = False
     allow_pickle: bool = False
     allow_runtime_lora: bool = Field(False, description="enable POST /v1/load_lora_adapter and unload")

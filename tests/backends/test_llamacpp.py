@@ -31,13 +31,15 @@ def backend(smollm2_gguf: Path) -> Iterator[llamacpp.LlamaCppBackend]:
 
 @pytest.fixture(scope="module")
 def reference(smollm2_gguf: Path, backend: llamacpp.LlamaCppBackend) -> Iterator[Any]:
-    """Plain llama-cpp-python with the same context settings as the backend."""
+    """Plain llama-cpp-python with the same context settings as the backend (flash attention: ``auto`` is
+    on for every device llama.cpp has here)."""
     llm = llama_cpp.Llama(
         model_path=str(smollm2_gguf),
         n_ctx=OPTIONS.ctx_size,
         n_threads=2,
         n_threads_batch=2,
         n_gpu_layers=backend.info.extra["n_gpu_layers"],
+        flash_attn=True,
         verbose=False,
     )
     yield llm
@@ -106,6 +108,22 @@ def test_greedy_text_equals_create_chat_completion(backend: llamacpp.LlamaCppBac
     assert finish.prompt_tokens == backend.count_tokens(render(backend, MESSAGES))
     assert finish.timings.prefill_s is not None and finish.timings.decode_s is not None
     assert sum(len(e.token_ids) for e in events if isinstance(e, TokenEvent)) == 32
+
+
+def test_flash_attn_off_gives_what_a_default_llama_gives(backend: llamacpp.LlamaCppBackend, smollm2_gguf: Path) -> None:
+    """``Llama()`` defaults to flash attention off, llama.cpp to ``auto`` (on here): the kernels differ in
+    their last bits, enough to change this greedy text, so the flag must reach the context."""
+    choice = BackendChoice(backend="llama.cpp", device="cpu", model_path=smollm2_gguf)
+    off = llamacpp.load(choice, EngineOptions(ctx_size=2048, threads=2, parallel=1, flash_attn="off"))
+    default = llama_cpp.Llama(model_path=str(smollm2_gguf), n_ctx=2048, n_threads=2, n_threads_batch=2, verbose=False)
+    try:
+        assert off.info.extra["flash_attn"] == "off" and backend.info.extra["flash_attn"] == "auto"
+        text = collect(generate(off, MESSAGES, temperature=0, max_tokens=32))[0]
+        assert text == reference_text(default, MESSAGES, 32)
+        assert text != collect(generate(backend, MESSAGES, temperature=0, max_tokens=32))[0]
+    finally:
+        off.close()
+        default.close()
 
 
 def test_multibyte_characters_are_emitted_whole(backend: llamacpp.LlamaCppBackend, reference: Any) -> None:

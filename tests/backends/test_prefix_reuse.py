@@ -91,7 +91,9 @@ def single(smollm2_gguf: Path, llama_cpp: Any) -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def reference(smollm2_gguf: Path, llama_cpp: Any) -> Iterator[Any]:
-    llm = llama_cpp.Llama(model_path=str(smollm2_gguf), n_ctx=2048, n_threads=2, n_threads_batch=2, verbose=False)
+    llm = llama_cpp.Llama(
+        model_path=str(smollm2_gguf), n_ctx=2048, n_threads=2, n_threads_batch=2, flash_attn=True, verbose=False
+    )
     yield llm
     llm.close()
 

@@ -15,14 +15,15 @@ def options_for(argv: list[str], parameters: object = None) -> EngineOptions:
 
 
 def test_flags_win_over_kitfile_parameters() -> None:
-    options = options_for(["--ctx-size", "512", "--parallel", "2", "--prompt-cache-mib", "0"], {"ctx_size": 1024})
-    assert (options.ctx_size, options.parallel, options.prompt_cache_mib) == (512, 2, 0)
+    argv = ["--ctx-size", "512", "--parallel", "2", "--prompt-cache-mib", "0", "--flash-attn", "off"]
+    options = options_for(argv, {"ctx_size": 1024})
+    assert (options.ctx_size, options.parallel, options.prompt_cache_mib, options.flash_attn) == (512, 2, 0, "off")
 
 
 def test_kitfile_parameters_then_defaults() -> None:
     options = options_for([], {"n_ctx": 1024, "ngl": 0, "threads": "two"})  # a non-integer is ignored
     assert (options.ctx_size, options.n_gpu_layers, options.threads) == (1024, 0, None)
-    assert (options.parallel, options.prompt_cache_mib) == (None, 512)
+    assert (options.parallel, options.prompt_cache_mib, options.flash_attn) == (None, 512, "auto")
 
 
 def test_an_out_of_range_flag_is_one_line_naming_flag_and_env() -> None:

@@ -32,7 +32,7 @@ def in_process_text(messages_json: str, max_tokens: int) -> str:
     """What llama-cpp-python itself answers, greedy, for the same messages."""
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(smollm2_path()), n_ctx=2048, n_threads=2, verbose=False)
+    llm = Llama(model_path=str(smollm2_path()), n_ctx=2048, n_threads=2, flash_attn=True, verbose=False)
     reply = llm.create_chat_completion(json.loads(messages_json), temperature=0, max_tokens=max_tokens)
     return reply["choices"][0]["message"]["content"]
 

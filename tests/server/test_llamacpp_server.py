@@ -38,7 +38,8 @@ def server(smollm2_gguf: Path) -> Iterator[LiveServer]:
 @pytest.fixture(scope="module")
 def reference(smollm2_gguf: Path) -> Iterator[Any]:
     llm = llama_cpp.Llama(model_path=str(smollm2_gguf), n_ctx=OPTIONS.ctx_size, n_threads=2, n_threads_batch=2,
-                          n_gpu_layers=-1 if llama_cpp.llama_supports_gpu_offload() else 0, verbose=False)  # fmt: skip
+                          n_gpu_layers=-1 if llama_cpp.llama_supports_gpu_offload() else 0, flash_attn=True,
+                          verbose=False)  # fmt: skip
     yield llm
     llm.close()
 
