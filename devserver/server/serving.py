@@ -150,12 +150,14 @@ class Serving(Generic[RequestT]):
 
     async def _stream(
         self, request: RequestT, plan: Plan, jobs: list[Job], tracker: RequestTracker
-    ) -> AsyncIterator[str]:
+    ) -> AsyncIterator[bytes]:
+        """Each payload framed here as one SSE event (a JSON text never holds a raw line break, so it is
+        one ``data:`` line); sse-starlette passes bytes through instead of re-splitting every chunk."""
         completed = False
         try:
             events = merge([tracker.watch(job.events()) for job in jobs])
             async for data in stream_choices(events, plan.choices, self.framer(request, plan), plan.usage):
-                yield data
+                yield f"data: {data}\n\n".encode()
             completed = True
         finally:
             # Also reached when sse-starlette cancels us because the client left.

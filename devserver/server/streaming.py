@@ -86,11 +86,20 @@ def _failure(event: FinishEvent) -> str:
 
 
 class ChatFramer:
-    """``chat.completion.chunk`` objects."""
+    """``chat.completion.chunk`` objects.
+
+    Most chunks of a stream carry only text, one per token, so that case skips the models: its JSON is
+    the model's own output for an empty text, cut around the text and index, and filled in per chunk
+    (the same bytes as the model path; ``tests/server/test_streaming_framer.py`` compares them).
+    """
+
+    _TEXT_SLOT = '"index":0,"delta":{"content":""}'
 
     def __init__(self, completion_id: str, created: int, model: str, *, include_usage: bool) -> None:
         self._id, self._created, self._model = completion_id, created, model
         self._include_usage = include_usage
+        empty = ChatCompletionResponseStreamChoice(index=0, delta=DeltaMessage(content=""))
+        self._head, self._tail = self._chunk([empty]).split(self._TEXT_SLOT)
 
     def _chunk(self, choices: list[ChatCompletionResponseStreamChoice], usage: UsageInfo | None = None) -> str:
         return ChatCompletionStreamResponse(
@@ -112,8 +121,11 @@ class ChatFramer:
             for d in step.calls
         ]
         text = step.text
-        if not text and not calls and not step.logprobs:
-            return None
+        if not calls and not step.logprobs:
+            if not text:
+                return None
+            content = json.dumps(text, ensure_ascii=False)
+            return f'{self._head}"index":{choice.index},"delta":{{"content":{content}}}{self._tail}'
         delta = DeltaMessage(content=text or None, tool_calls=calls or None)
         logprobs = ChoiceLogprobs(content=step.logprobs) if step.logprobs else None
         return self._chunk([ChatCompletionResponseStreamChoice(index=choice.index, delta=delta, logprobs=logprobs)])
