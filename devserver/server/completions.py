@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from starlette.concurrency import run_in_threadpool
 
 from backends.base import GenerationRequest
@@ -36,6 +37,15 @@ class CompletionRequest(SamplingRequest):
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=MAX_LEGACY_LOGPROBS)
     suffix: str | None = None
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _text_prompts_only(cls, value: Any) -> Any:
+        if isinstance(value, list) and any(isinstance(item, int | list) for item in value):
+            raise PydanticCustomError(
+                "token_prompt", "token-id prompts are not supported; send text (a string or a list of strings)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _check_completion(self) -> CompletionRequest:

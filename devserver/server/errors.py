@@ -64,6 +64,13 @@ def _param(loc: Sequence[int | str]) -> str | None:
     return text or None
 
 
+def _union_member(loc: Sequence[int | str]) -> str | None:
+    """The tag pydantic puts in a location for the member of a union it tried (``"list[str]"``)."""
+    return next(
+        (p for p in loc if isinstance(p, str) and p != "[key]" and (p in _NOT_FIELDS or not p.isidentifier())), None
+    )
+
+
 def invalid_request(exc: pydantic.ValidationError) -> InvalidRequest:
     """Translate a request-body validation failure into one 400 that names the offending field(s)."""
     errors = exc.errors(include_url=False)
@@ -76,7 +83,18 @@ def invalid_request(exc: pydantic.ValidationError) -> InvalidRequest:
         return InvalidRequest(f"unsupported field(s): {names}", param=unknown[0])
     first = errors[0]
     param = _param(first["loc"])
-    message = f"{param}: {first['msg']}" if param else first["msg"]
+    same = [e for e in errors if _param(e["loc"]) == param]
+    # A field of several types (``stop``: a string or a list) fails once per type: the error that is
+    # not a type mismatch says what is wrong (a list one too long); else name the types it may have.
+    constraint = next((e for e in same if not e["type"].endswith("_type")), None)
+    types = list(dict.fromkeys(tag for e in same if (tag := _union_member(e["loc"])) is not None))
+    if constraint is not None:
+        detail = constraint["msg"]
+    elif len(types) > 1:
+        detail = f"should be one of: {', '.join(types)}"
+    else:
+        detail = first["msg"]
+    message = f"{param}: {detail}" if param else detail
     return InvalidRequest(message, param=param)
 
 

@@ -81,6 +81,26 @@ def test_invalid_options_are_400_naming_the_param(server: LiveServer, overrides:
     assert_openai_error(post(server, json=chat_body(**overrides)), 400, param=param)
 
 
+@pytest.mark.parametrize(
+    ("path", "overrides", "message"),
+    [
+        ("chat/completions", {"stop": ["a", "b", "c", "d", "e"]}, "stop: List should have at most 4 items"),
+        ("chat/completions", {"stop": 5}, "stop: should be one of: str, list[str]"),
+        ("completions", {"prompt": [1, 2, 3]}, "prompt: token-id prompts are not supported; send text"),
+        ("completions", {"prompt": [[1, 2], [3]]}, "prompt: token-id prompts are not supported; send text"),
+    ],
+)
+def test_a_field_of_several_types_says_what_is_wrong(server: LiveServer, path: str, overrides: dict[str, Any],
+                                                     message: str) -> None:  # fmt: skip
+    """Not the first type's mismatch ("Input should be a valid string" for a list one too long)."""
+    body = chat_body(**overrides)
+    if path == "completions":
+        del body["messages"]
+    response = httpx.post(f"{server.url}/v1/{path}", json=body, timeout=30)
+    error = assert_openai_error(response, 400, param=next(iter(overrides)))
+    assert error["message"].startswith(message)
+
+
 def test_unknown_model_is_404(server: LiveServer) -> None:
     error = assert_openai_error(post(server, json=chat_body(model="gpt-4")), 404, param="model",
                                 code="model_not_found")  # fmt: skip
