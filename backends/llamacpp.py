@@ -26,6 +26,7 @@ Only this module and ``backends.llamacpp_*`` import ``llama_cpp``; its failures 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -39,6 +40,8 @@ from backends.llamacpp_sampling import SamplerChain
 from backends.llamacpp_stream import RequestStream
 from backends.select import BackendChoice, EngineOptions
 from devserver.errors import BackendError, ContextLengthExceeded
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CTX_SIZE = 4096
 MAX_DEFAULT_PARALLEL = 4
@@ -83,6 +86,7 @@ def load(choice: BackendChoice, options: EngineOptions) -> LlamaCppBackend:
         for spec in choice.adapters:
             adapters.load(spec.name, spec.path, source=str(spec.path))
         scheduler = Scheduler(model, adapters, settings)
+        _log_context(options, settings, scheduler.n_ctx_seq)
     except BaseException:
         model.close()
         raise
@@ -114,6 +118,20 @@ def load(choice: BackendChoice, options: EngineOptions) -> LlamaCppBackend:
         },
     )
     return LlamaCppBackend(model, adapters, scheduler, info)
+
+
+def _log_context(options: EngineOptions, settings: ContextSettings, n_ctx_seq: int) -> None:
+    """Say what the engine made of the flags where it differs from what was asked, so nobody wonders why
+    a 16k context serves one request at a time or a 1000-token context holds 1024."""
+    slots = f"{settings.parallel} slot{'s' if settings.parallel > 1 else ''} of {n_ctx_seq} tokens"
+    why = []
+    if n_ctx_seq != settings.n_ctx_seq:
+        why.append(f"llama.cpp rounds a context of {settings.n_ctx_seq} up to a multiple of 256")
+    if options.parallel is None:
+        why.append(f"--parallel not given: at most {MAX_DEFAULT_PARALLEL}, within {KV_BUDGET_TOKENS} KV tokens in all")
+    detail = f" ({'; '.join(why)})" if why else ""
+    threads = f"{settings.threads} thread{'s' if settings.threads > 1 else ''}"
+    log.info("llama.cpp: %s%s, %s, flash attention %s", slots, detail, threads, settings.flash_attn)
 
 
 class LlamaCppBackend:

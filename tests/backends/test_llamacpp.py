@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,17 @@ def test_default_context_is_capped_at_4096(smollm2_gguf: Path) -> None:
         assert loaded.info.context_size == min(4096, loaded.info.extra["n_ctx_train"])
     finally:
         loaded.close()
+
+
+def test_the_log_says_what_the_engine_made_of_the_flags(smollm2_gguf: Path, caplog: pytest.LogCaptureFixture) -> None:
+    choice = BackendChoice(backend="llama.cpp", device="cpu", model_path=smollm2_gguf)
+    with caplog.at_level(logging.INFO, logger="backends.llamacpp"):
+        loaded = llamacpp.load(choice, EngineOptions(ctx_size=1000, threads=1, flash_attn="off"))
+    loaded.close()
+    assert [r.getMessage() for r in caplog.records if r.name == "backends.llamacpp"] == [
+        "llama.cpp: 4 slots of 1024 tokens (llama.cpp rounds a context of 1000 up to a multiple of 256; "
+        "--parallel not given: at most 4, within 16384 KV tokens in all), 1 thread, flash attention off"
+    ]
 
 
 def test_prompt_matches_llama_cpp_python_rendering(backend: llamacpp.LlamaCppBackend, reference: Any) -> None:
