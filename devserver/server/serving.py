@@ -113,10 +113,12 @@ class Serving(Generic[RequestT]):
                 sep="\n",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
+        client_left = False
         try:
-            await self._complete(plan, jobs, tracker, http_request)
-        finally:
-            tracker.end(cancelled=any(job.request.cancel.is_set() for job in jobs), tool_calls=_tool_calls(plan))
+            client_left = await self._complete(plan, jobs, tracker, http_request)
+        finally:  # a failed choice cancels the others too, so only a departed client counts as abort
+            tracker.end(cancelled=client_left, tool_calls=_tool_calls(plan))
+        _raise_failure(plan)
         return JSONResponse(self.respond(request, plan))
 
     def model_id(self, adapter: str | None) -> str:
@@ -166,16 +168,20 @@ class Serving(Generic[RequestT]):
                     job.cancel()
             tracker.end(cancelled=not completed, tool_calls=_tool_calls(plan))
 
-    async def _complete(self, plan: Plan, jobs: list[Job], tracker: RequestTracker, http_request: Request) -> None:
+    async def _complete(self, plan: Plan, jobs: list[Job], tracker: RequestTracker, http_request: Request) -> bool:
+        """Collect every choice; return whether the client left first."""
+
         async def collect() -> None:
             async for index, event in merge([tracker.watch(job.events()) for job in jobs]):
                 on_event(plan.choices, index, event)
 
         collecting = asyncio.ensure_future(collect())
         disconnect = asyncio.ensure_future(_client_left(http_request))
+        client_left = False
         try:
             await asyncio.wait({collecting, disconnect}, return_when=asyncio.FIRST_COMPLETED)
             if not collecting.done():
+                client_left = True
                 for job in jobs:
                     job.cancel()  # the backend stops within one token; the response goes nowhere
             await collecting
@@ -186,12 +192,7 @@ class Serving(Generic[RequestT]):
             for choice, job in zip(plan.choices, jobs, strict=True):
                 if choice.finish is None:
                     job.cancel()  # a choice failed or the client left: the rest are not needed
-        for choice in plan.choices:
-            assert choice.finish is not None
-            if choice.finish.reason == "error":
-                raise BackendError(choice.finish.error or "generation failed")
-            if choice.finish.reason == "cancelled":
-                raise BackendError("the generation was cancelled (the server is shutting down)")
+        return client_left
 
 
 class ChatServing(Serving[ChatCompletionRequest]):
@@ -249,6 +250,15 @@ class ChatServing(Serving[ChatCompletionRequest]):
             id=plan.request_id, created=now(), model=plan.model, choices=choices, usage=plan.usage()
         )
         return response.to_dict()
+
+
+def _raise_failure(plan: Plan) -> None:
+    for choice in plan.choices:
+        assert choice.finish is not None
+        if choice.finish.reason == "error":
+            raise BackendError(choice.finish.error or "generation failed")
+        if choice.finish.reason == "cancelled":
+            raise BackendError("the generation was cancelled (the server is shutting down)")
 
 
 async def _client_left(request: Request) -> None:

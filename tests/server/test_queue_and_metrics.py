@@ -112,6 +112,15 @@ def test_client_leaving_a_stream_cancels_the_generation(serve: ServerFactory) ->
     assert value(samples(server), "kitdev_num_requests_running") == 0
 
 
+def test_a_failed_plain_request_counts_as_error_not_abort(serve: ServerFactory) -> None:
+    server = serve(FakeBackend(fail_after=2, error=RuntimeError("the engine fell over")))
+    assert httpx.post(server.url + URL, json=chat_body(), timeout=30).status_code == 500
+    after = samples(server)
+    assert value(after, "kitdev_request_success_total", finished_reason="error") == 1
+    assert value(after, "kitdev_request_success_total", finished_reason="abort") == 0
+    assert value(after, "kitdev_requests_total", status="500") == 1
+
+
 def test_client_leaving_a_plain_request_cancels_it(serve: ServerFactory) -> None:
     backend = FakeBackend(["tok "] * 400, delay_s=0.02)
     server = serve(backend)
