@@ -222,6 +222,7 @@ class Scheduler:
                 sequence = self._waiting.popleft()
                 if sequence.adapter is not None and not self._adapters.available(sequence.adapter):
                     sequence.stream.fail(BackendError(f"adapter {sequence.adapter!r} is not loaded"))
+                    sequence.stream.flush()
                     sequence.sampler.free()
                     continue
                 self._place(sequence)
@@ -268,6 +269,7 @@ class Scheduler:
                 self._waiting.remove(sequence)
         for sequence in cancelled:
             sequence.stream.finish("cancelled")
+            sequence.stream.flush()
             sequence.sampler.free()
 
     def _step(self) -> None:
@@ -333,6 +335,8 @@ class Scheduler:
             self._sample(sequence)
 
     def _llama_decode(self, sequences: list[Sequence]) -> bool:
+        for running in self._running:  # what the last decode produced, read while this one runs
+            running.stream.flush()
         status = self._lib.llama_decode(self._ctx, self._batch)
         if status == 0:
             return True
@@ -362,6 +366,7 @@ class Scheduler:
     def _release(self, sequence: Sequence, *, keep_prompt: bool = True) -> None:
         """Free the sequence's sampler, slot and generated tokens' KV (its prompt's KV too unless
         ``keep_prompt``), and its adapter if that is being unloaded."""
+        sequence.stream.flush()
         if sequence.done:
             return
         sequence.done = True
