@@ -48,11 +48,16 @@ def test_report_names_the_ratios_it_could_not_compute(capsys: pytest.CaptureFixt
         result = LevelResult((RequestTiming(0.0, (0.1, 0.2, 0.3), "same text"),), wall_s=1.0)
         return serve.Peer(name, lambda q: result.requests[0], levels, {n: [result] for n in levels})
 
-    peers = [peer(serve.KIT, serve.LEVELS), peer(serve.LCPS, serve.LEVELS), peer(serve.INPROC, (1,))]
+    peers = [peer(serve.KIT, serve.LEVELS), peer(serve.LCPS, serve.LEVELS), peer(serve.INPROC, (1,)),
+             peer(serve.INPROC_FA, (1,))]  # fmt: skip
     args = serve.argparse.Namespace(threads=2, ctx=1024, max_tokens=3, rounds=1)
-    serve.report(peers, args)
+    serve.report(peers, args, cold_first_token=0.5)
     out = capsys.readouterr().out
     assert "kit-dev / llama_cpp.server output tok/s" in out and "1.00" in out
+    assert "kit-dev / in-process+fa output tok/s" in out
     missing = out.split("not computed")[1]
     assert "kit-dev / llama-server output tok/s" in missing and "kit-dev / llama-server median TTFT" in missing
+    assert "in-process" not in missing
     assert "equal kit-dev's: in-process: yes" in out
+    assert "slowest first token at concurrency 4: 100 ms (4 × concurrency-1 median TTFT + 100 ms = 500 ms)" in out
+    assert "in the cold warm-up, prompts never seen: 500 ms" in out
