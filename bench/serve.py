@@ -113,13 +113,15 @@ def _sse_contents(lines: Iterator[str]) -> Iterator[str]:
                 yield (choice.get("delta") or {}).get("content") or ""
 
 
-def inprocess_sender(gguf: Path, threads: int, ctx: int, max_tokens: int, *, flash_attn: bool = False) -> Sender:
+def inprocess_sender(
+    engine: concurrent.futures.Executor, gguf: Path, threads: int, ctx: int, max_tokens: int, *, flash_attn: bool
+) -> Sender:
+    """``engine`` is the one thread that makes every llama.cpp call of this process, as in a notebook or
+    kit-dev's scheduler: ggml's OpenMP keeps a thread team per calling thread, and decoding from a
+    second thread once another has decoded measured ~1.6x slower per token here (2x with two models
+    on two threads)."""
     from llama_cpp import Llama
 
-    # Every llama.cpp call on one thread of its own, as in a notebook or kit-dev's scheduler: ggml's
-    # OpenMP keeps a thread team per calling thread, and decoding from a second thread once the first
-    # has decoded measured ~1.6x slower per token here.
-    engine = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="in-process")
     llm = engine.submit(
         Llama,
         model_path=str(gguf),
@@ -209,9 +211,10 @@ def start_peers(args: argparse.Namespace, gguf: Path, work: Path) -> tuple[list[
             f"http://127.0.0.1:{port}/health", work / "llama-server.log", env=llama_server_env(),
         ))  # fmt: skip
         peers.append(Peer(LS, http_sender(f"http://127.0.0.1:{port}", args.max_tokens, {})))
-    peers.append(Peer(INPROC, inprocess_sender(gguf, args.threads, ctx, args.max_tokens), levels=(1,)))
-    fa = inprocess_sender(gguf, args.threads, ctx, args.max_tokens, flash_attn=True)
-    peers.append(Peer(INPROC_FA, fa, levels=(1,)))
+    engine = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="in-process")
+    for name, flash_attn in ((INPROC, False), (INPROC_FA, True)):
+        sender = inprocess_sender(engine, gguf, args.threads, ctx, args.max_tokens, flash_attn=flash_attn)
+        peers.append(Peer(name, sender, levels=(1,)))
     return peers, processes
 
 
