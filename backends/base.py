@@ -7,7 +7,11 @@ imports nothing from ``devserver.server``, so it runs wherever only its own engi
 Threading: ``generate`` is blocking and is called from a worker thread that the server owns, never
 from the event loop. A backend that can run several requests at once (continuous batching) says so
 with ``BackendInfo.max_concurrency``; the server then calls ``generate`` from that many threads at
-once. Cancellation is cooperative: the server sets ``request.cancel`` when the client leaves and the
+once. A backend whose own engine thread already drives every request may instead be a
+``PushBackend``: the server hands it each request with an ``EventSink`` and the engine thread delivers
+the events itself, so no server thread sits between the engine and the event loop relaying every
+token (on two cores that relay, one thread wake-up per token, cost a few per cent of decode speed).
+Cancellation is cooperative: the server sets ``request.cancel`` when the client leaves and the
 backend must stop within one token and then emit its ``FinishEvent`` with reason ``"cancelled"``.
 
 Text: ``TokenEvent.text`` is always whole UTF-8 characters (partial bytes are held back until
@@ -141,6 +145,26 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Free the engine. Idempotent."""
+
+
+class EventSink(Protocol):
+    """Where a ``PushBackend`` hands one request's output; called from the backend's own thread."""
+
+    def started(self) -> None:
+        """The request left the backend's queue: its prompt is being evaluated."""
+
+    def deliver(self, items: list[GenerationEvent | BaseException]) -> None:
+        """Events in order; the last item delivered is the ``FinishEvent`` or the exception that ended
+        the request. The list is the sink's to keep."""
+
+
+@runtime_checkable
+class PushBackend(Protocol):
+    """A backend that queues requests on its own engine thread and pushes their events to a sink."""
+
+    def submit(self, request: GenerationRequest, sink: EventSink) -> None:
+        """Queue ``request`` and return; raise (as ``generate`` would) for a request it cannot take.
+        Blocking only as long as preparing the request takes (tokenizing), never for generation."""
 
 
 def collect(events: Sequence[GenerationEvent] | Iterator[GenerationEvent]) -> tuple[str, FinishEvent]:

@@ -3,17 +3,20 @@
 It speaks the ``backends.base`` contract exactly (stop strings through ``StopMatcher``, ``max_tokens``,
 cancellation within one piece, one ``FinishEvent``) so server tests exercise the real event flow
 without a model. Knobs let tests hold a request running (``gate``), slow it (``delay_s``) or make it
-fail part-way (``fail_after`` + ``error``).
+fail part-way (``fail_after`` + ``error``). ``FakePushBackend`` plays the same script as a
+``PushBackend``, on an engine thread of its own, as llama.cpp's scheduler does.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
 
 from backends.base import (
     BackendInfo,
+    EventSink,
     FinishEvent,
     FinishReason,
     GenerationEvent,
@@ -23,6 +26,7 @@ from backends.base import (
     TopLogprob,
 )
 from backends.stopping import StopMatcher
+from devserver.errors import BackendError
 
 FAKE_VOCAB_SIZE = 1000  # what logit_bias may name; the scripted pieces have no ids of their own
 
@@ -135,3 +139,36 @@ class FakeBackend:
 
     def close(self) -> None:
         self.closed = True
+
+
+class FakePushBackend(FakeBackend):
+    """The script pushed to the server's sink from one engine thread, one request after another; a
+    request cancelled while it waited is dropped unstarted (it never reaches ``requests``)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._inbox: queue.SimpleQueue[tuple[GenerationRequest, EventSink] | None] = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="fake-engine", daemon=True).start()
+
+    def submit(self, request: GenerationRequest, sink: EventSink) -> None:
+        if self.closed:
+            raise BackendError("the model has been unloaded")
+        self._inbox.put((request, sink))
+
+    def _run(self) -> None:
+        while (item := self._inbox.get()) is not None:
+            request, sink = item
+            if request.cancel.is_set():
+                sink.deliver([FinishEvent("cancelled", 0, 0)])
+                continue
+            sink.started()
+            try:
+                for event in self.generate(request):
+                    sink.deliver([event])
+            except Exception as exc:  # the request's failure, as the real engine reports one
+                sink.deliver([exc])
+
+    def close(self) -> None:
+        if not self.closed:
+            self._inbox.put(None)
+        super().close()

@@ -2,8 +2,9 @@
 
 ``load`` reads the model with the low-level API, loads the Kitfile's GGUF LoRA adapters, and starts a
 ``Scheduler`` (``backends.llamacpp_engine``) that decodes every running request in one step. Each
-``generate`` call tokenizes, builds the request's sampler chain, hands the request to the scheduler
-and then only waits on its own event queue; the server calls it from ``max_concurrency`` threads.
+``submit`` tokenizes, builds the request's sampler chain and hands the request to the scheduler,
+whose thread delivers its events straight to the server's sink (a ``PushBackend``: no server thread
+per request); ``generate`` is ``submit`` with a queue to wait on.
 
 Greedy output equals a fresh ``Llama(flash_attn=...).create_chat_completion(temperature=0)`` with the
 same attention kernels for the same messages, alone or batched with others: same sampler order, same
@@ -28,11 +29,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import queue
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from backends.base import AdapterInfo, BackendInfo, FinishEvent, GenerationEvent, GenerationRequest
+from backends.base import AdapterInfo, BackendInfo, EventSink, FinishEvent, GenerationEvent, GenerationRequest
 from backends.llamacpp_adapters import AdapterSet
 from backends.llamacpp_engine import ContextSettings, Scheduler, Sequence
 from backends.llamacpp_model import GgufModel, llama_cpp_module
@@ -157,7 +159,9 @@ class LlamaCppBackend:
     def count_tokens(self, text: str) -> int:
         return len(self._model.tokenize(text, add_bos=False))
 
-    def generate(self, request: GenerationRequest) -> Iterator[GenerationEvent]:
+    def submit(self, request: GenerationRequest, sink: EventSink) -> None:
+        """Tokenize the prompt and queue the request on the scheduler, whose thread then delivers its
+        events to ``sink`` directly (``backends.base.PushBackend``)."""
         if self._closed:
             raise BackendError("the model has been unloaded")
         if request.adapter is not None and request.adapter not in {a.name for a in self.info.adapters}:
@@ -170,25 +174,34 @@ class LlamaCppBackend:
             )
         budget = n_ctx - len(prompt)
         max_tokens = request.params.max_tokens
-        stream = RequestStream(request, len(prompt), budget if max_tokens is None else min(max_tokens, budget))
+        stream = RequestStream(request, len(prompt), budget if max_tokens is None else min(max_tokens, budget), sink)
         sampler = SamplerChain(self._model.lib, self._model.vocab, self._model.n_vocab, request.params)
         try:
             self._scheduler.submit(Sequence(stream, prompt, sampler, request.adapter))
         except BackendError:
             sampler.free()  # the scheduler never saw it, so nothing else will
             raise
+
+    def generate(self, request: GenerationRequest) -> Iterator[GenerationEvent]:
+        """``submit`` with a queue to wait on; closing the iterator early cancels the request."""
+        sink = _QueueSink()
+        self.submit(request, sink)
+        finished = False
         try:
             while True:
-                item = stream.out.get()
-                if isinstance(item, BaseException):
-                    raise item
-                if isinstance(item, FinishEvent):
-                    yield item
-                    return
-                if not request.cancel.is_set():  # nothing more reaches a client that left
-                    yield item
+                for item in sink.get():
+                    if isinstance(item, BaseException):
+                        finished = True
+                        raise item
+                    if isinstance(item, FinishEvent):
+                        finished = True
+                        yield item
+                        return
+                    if not request.cancel.is_set():  # nothing more reaches a client that left
+                        yield item
         finally:
-            stream.abandoned = True  # a consumer that stops early frees the slot at the next step
+            if not finished:
+                request.cancel.set()  # the slot is freed at the next step
 
     def load_adapter(self, name: str, path: Path) -> AdapterInfo:
         """Load a GGUF LoRA at runtime; requests may name it from the moment this returns."""
@@ -218,3 +231,19 @@ class LlamaCppBackend:
         self._scheduler.close()
         self._adapters.close()
         self._model.close()
+
+
+class _QueueSink:
+    """An ``EventSink`` for ``generate``: one queue put per scheduler step, whatever it produced."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[list[GenerationEvent | BaseException]] = queue.SimpleQueue()
+
+    def started(self) -> None:
+        pass
+
+    def deliver(self, items: list[GenerationEvent | BaseException]) -> None:
+        self._queue.put(items)
+
+    def get(self) -> list[GenerationEvent | BaseException]:
+        return self._queue.get()

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import collections
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -226,7 +225,7 @@ class Scheduler:
                     sequence.sampler.free()
                     continue
                 self._place(sequence)
-                sequence.stream.started_at = time.perf_counter()
+                sequence.stream.start()
                 self._running.append(sequence)
 
     def _place(self, sequence: Sequence) -> None:

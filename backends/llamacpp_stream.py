@@ -1,22 +1,22 @@
 """One request's output side: sampled tokens in, ``TokenEvent``s and one ``FinishEvent`` out.
 
 The scheduler thread calls ``RequestStream`` for every token it samples for the request; the events go
-into a ``SimpleQueue`` that the request's own (server worker) thread drains in ``generate``. They are
-held until the scheduler calls ``flush``, which it does just before its next ``llama_decode``: woken
-then, the consumers run while decoding has released the GIL, instead of taking the GIL from the
+to the request's ``EventSink`` (the server's hand-off to its event loop, or ``generate``'s queue). They
+are held until the scheduler calls ``flush``, which it does just before its next ``llama_decode``:
+woken then, the consumers run while decoding has released the GIL, instead of taking the GIL from the
 scheduler between two decodes (measured on 2 cores, 4 streams: the scheduler's time outside
-``llama_decode`` fell from 1.3 to 0.5 ms a step). Keeping the text work here (incremental UTF-8 decoding, stop strings, log-probabilities) means that thread only
-waits, and each token costs one dictionary lookup for its bytes and one queue put.
+``llama_decode`` fell from 1.3 to 0.5 ms a step). Keeping the text work here (incremental UTF-8
+decoding, stop strings, log-probabilities) means the consumer only waits, and each token costs one
+dictionary lookup for its bytes and one list append.
 """
 
 from __future__ import annotations
 
 import codecs
-import queue
 import time
 from dataclasses import dataclass, field
 
-from backends.base import FinishEvent, FinishReason, GenerationRequest, Timings, TokenEvent, TopLogprob
+from backends.base import EventSink, FinishEvent, FinishReason, GenerationRequest, Timings, TokenEvent, TopLogprob
 from backends.stopping import StopMatcher
 
 Item = TokenEvent | FinishEvent | BaseException
@@ -29,9 +29,8 @@ class RequestStream:
     request: GenerationRequest
     prompt_tokens: int
     max_tokens: int
+    sink: EventSink
     submitted_at: float = field(default_factory=time.perf_counter)
-    out: queue.SimpleQueue[Item] = field(default_factory=queue.SimpleQueue)
-    abandoned: bool = False  # set by the consumer when it stops reading (generator closed)
     produced: int = 0
     finished: bool = False
     started_at: float | None = None
@@ -55,7 +54,7 @@ class RequestStream:
 
     @property
     def cancelled(self) -> bool:
-        return self.abandoned or self.request.cancel.is_set()
+        return self.request.cancel.is_set()
 
     def on_token(
         self, token: int, piece: bytes, eog: bool, logprob: float | None = None, top: tuple[TopLogprob, ...] = ()
@@ -80,11 +79,16 @@ class RequestStream:
             return True
         return False
 
+    def start(self) -> None:
+        """The scheduler gave the request a slot (scheduler thread)."""
+        self.started_at = time.perf_counter()
+        self.sink.started()
+
     def flush(self) -> None:
         """Hand the held events to the consumer (scheduler thread)."""
-        for item in self._held:
-            self.out.put(item)
-        self._held.clear()
+        if self._held:
+            held, self._held = self._held, []
+            self.sink.deliver(held)
 
     def _hold(self, item: Item) -> None:
         self._held.append(item)

@@ -49,7 +49,7 @@ _HISTOGRAMS: dict[str, tuple[str, str, tuple[float, ...]]] = {
         ITL_BUCKETS,
     ),
     "e2e": ("e2e_request_latency_seconds", "Arrival to finish.", REQUEST_LATENCY_BUCKETS),
-    "queue": ("request_queue_time_seconds", "Arrival to a worker starting the request.", REQUEST_LATENCY_BUCKETS),
+    "queue": ("request_queue_time_seconds", "Arrival to the engine starting the request.", REQUEST_LATENCY_BUCKETS),
     "prefill": ("request_prefill_time_seconds", "Prompt evaluation, as the backend timed it.", REQUEST_LATENCY_BUCKETS),
     "decode": ("request_decode_time_seconds", "First to last token, as the backend timed it.", REQUEST_LATENCY_BUCKETS),
 }  # fmt: skip
@@ -271,7 +271,7 @@ class RequestTracker:
         self._counted = False
 
     def started(self, at: float) -> None:
-        """A worker picked one generation up at ``at`` (perf_counter); called in the worker thread."""
+        """The engine started one generation at ``at`` (perf_counter); called on a backend or worker thread."""
         self._metrics.series(self.adapter).queue.observe(max(0.0, at - self.arrived))
 
     async def watch(self, events: AsyncIterator[GenerationEvent]) -> AsyncIterator[GenerationEvent]:

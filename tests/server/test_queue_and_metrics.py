@@ -1,4 +1,5 @@
-"""The bounded queue (429 when full), cancellation on disconnect, and metrics that count exactly."""
+"""The bounded queue (429 when full), cancellation on disconnect, and metrics that count exactly, for a
+backend the worker runs on its threads and for one that pushes its events itself (as llama.cpp's does)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,18 @@ import time
 from collections.abc import Callable
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from backends.fake import FakeBackend
+from backends.fake import FakeBackend, FakePushBackend
 from tests.server.conftest import MODEL_ID, LiveServer, ServerFactory, chat_body, stream_chat
 
 URL = "/v1/chat/completions"
+
+
+@pytest.fixture(params=[FakeBackend, FakePushBackend], ids=["threads", "push"])
+def fake(request: pytest.FixtureRequest) -> type[FakeBackend]:
+    return request.param
 
 
 def samples(server: LiveServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -43,9 +50,9 @@ def in_background(fn: Callable[[], object]) -> threading.Thread:
     return thread
 
 
-def test_full_queue_answers_429_with_retry_after(serve: ServerFactory) -> None:
+def test_full_queue_answers_429_with_retry_after(serve: ServerFactory, fake: type[FakeBackend]) -> None:
     gate = threading.Event()
-    backend = FakeBackend(gate=gate)
+    backend = fake(gate=gate)
     server = serve(backend, queue_size=1)
     results: list[int] = []
     running = in_background(lambda: results.append(httpx.post(server.url + URL, json=chat_body(), timeout=30)
@@ -68,8 +75,8 @@ def test_full_queue_answers_429_with_retry_after(serve: ServerFactory) -> None:
     assert results == [200, 200]
 
 
-def test_metrics_count_exactly_the_requests_made(serve: ServerFactory) -> None:
-    server = serve(FakeBackend())
+def test_metrics_count_exactly_the_requests_made(serve: ServerFactory, fake: type[FakeBackend]) -> None:
+    server = serve(fake())
     before = samples(server)
     for _ in range(2):
         assert httpx.post(server.url + URL, json=chat_body()).status_code == 200
@@ -100,8 +107,8 @@ def test_metrics_count_exactly_the_requests_made(serve: ServerFactory) -> None:
     assert delta("kitdev_time_to_first_token_seconds_bucket", le="2560.0") == 4
 
 
-def test_client_leaving_a_stream_cancels_the_generation(serve: ServerFactory) -> None:
-    backend = FakeBackend(["tok "] * 400, delay_s=0.02)
+def test_client_leaving_a_stream_cancels_the_generation(serve: ServerFactory, fake: type[FakeBackend]) -> None:
+    backend = fake(["tok "] * 400, delay_s=0.02)
     server = serve(backend)
     with httpx.stream("POST", server.url + URL, json=chat_body(stream=True), timeout=30) as response:
         lines = response.iter_lines()
@@ -112,8 +119,8 @@ def test_client_leaving_a_stream_cancels_the_generation(serve: ServerFactory) ->
     assert value(samples(server), "kitdev_num_requests_running") == 0
 
 
-def test_a_failed_plain_request_counts_as_error_not_abort(serve: ServerFactory) -> None:
-    server = serve(FakeBackend(fail_after=2, error=RuntimeError("the engine fell over")))
+def test_a_failed_plain_request_counts_as_error_not_abort(serve: ServerFactory, fake: type[FakeBackend]) -> None:
+    server = serve(fake(fail_after=2, error=RuntimeError("the engine fell over")))
     assert httpx.post(server.url + URL, json=chat_body(), timeout=30).status_code == 500
     after = samples(server)
     assert value(after, "kitdev_request_success_total", finished_reason="error") == 1
@@ -121,8 +128,8 @@ def test_a_failed_plain_request_counts_as_error_not_abort(serve: ServerFactory) 
     assert value(after, "kitdev_requests_total", status="500") == 1
 
 
-def test_client_leaving_a_plain_request_cancels_it(serve: ServerFactory) -> None:
-    backend = FakeBackend(["tok "] * 400, delay_s=0.02)
+def test_client_leaving_a_plain_request_cancels_it(serve: ServerFactory, fake: type[FakeBackend]) -> None:
+    backend = fake(["tok "] * 400, delay_s=0.02)
     server = serve(backend)
 
     with contextlib.suppress(httpx.TimeoutException):
@@ -131,9 +138,11 @@ def test_client_leaving_a_plain_request_cancels_it(serve: ServerFactory) -> None
     wait_for(lambda: value(samples(server), "kitdev_request_success_total", finished_reason="abort") == 1)
 
 
-def test_a_queued_request_whose_client_left_is_dropped_before_it_starts(serve: ServerFactory) -> None:
+def test_a_queued_request_whose_client_left_is_dropped_before_it_starts(
+    serve: ServerFactory, fake: type[FakeBackend]
+) -> None:
     gate = threading.Event()
-    backend = FakeBackend(gate=gate)
+    backend = fake(gate=gate)
     server = serve(backend, queue_size=2)
     first = in_background(lambda: httpx.post(server.url + URL, json=chat_body(), timeout=30))
     wait_for(backend.started.is_set)
