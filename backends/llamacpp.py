@@ -13,8 +13,9 @@ on where the device supports it, the CPU included), as llama-server does; ``Llam
 off, so ``--flash-attn off`` gives what a default ``Llama()`` gives. On the CPU it makes a decode step
 ~9 % faster for SmolLM2 (paired, 2 cores).
 
-Prompt-prefix reuse across requests, bit-exact: a freed slot keeps its prompt's KV and the next request
-sharing a prefix with it evaluates only the rest. Decoding is batch-invariant here (a sequence's logits
+Prompt-prefix reuse across requests, bit-exact: a freed slot keeps its prompt's KV (and the logits
+after its last token) and the next request sharing a prefix with it evaluates only the rest (nothing,
+when it is the same prompt). Decoding is batch-invariant here (a sequence's logits
 are bit-identical whether its step holds 1 or 4 sequences, measured), and so is a prompt chunk of two
 tokens or more, but a token evaluated alone (a generated token, or a 1-token chunk) gives other logits
 (max |Δlogit| 0.86 on SmolLM2), so only prompt-chunk KV is kept and no chunk of one token is made that

@@ -29,7 +29,10 @@ a prompt chunk is kept (never a generated token's, computed one at a time), chun
 multiples of ``N_BATCH`` as a whole-prompt evaluation cuts them, and a reuse point that would leave a
 1-token chunk the whole evaluation would not have is moved back one token (``reuse_point``). A prompt
 about to be cut from its slot is first copied to host memory (``PromptStore``) and copied back when a
-later prompt shares more with it than with any slot.
+later prompt shares more with it than with any slot. A prompt evaluated to its end also keeps the
+logits after its last token (in the slot and in host memory), so the same prompt again evaluates
+nothing: its first token is sampled from those logits and it joins the next batched decode at once,
+instead of costing every running stream one decode step of its own for a 2-token chunk.
 
 Every llama.cpp call on the context happens on the scheduler thread; other threads hand it work
 (``submit``) or a function to run between steps (``call``: adapter load/unload, close).
@@ -44,10 +47,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+import numpy as np
+
 from backends.llamacpp_adapters import AdapterSet
 from backends.llamacpp_model import GgufModel
 from backends.llamacpp_prompt_store import PromptStore, common_prefix_length
-from backends.llamacpp_sampling import SamplerChain, token_logprobs, top_logprob
+from backends.llamacpp_sampling import SamplerChain, batch_logits, token_logprobs, top_logprob
 from backends.llamacpp_stream import RequestStream
 from devserver.errors import BackendError
 
@@ -67,24 +72,40 @@ class Sequence:
     n_past: int = 0  # tokens already in this slot's KV stream
     next_token: int | None = None  # sampled, not yet decoded
     batch_index: int = 0  # where this sequence's logits are in the last decode
+    kept_logits: np.ndarray | None = None  # its whole prompt was cached: the first token comes from these
     done: bool = field(default=False)
 
 
 @dataclass
 class SlotCache:
-    """The prompt whose KV a free slot still holds, and the adapter that KV was computed under."""
+    """The prompt whose KV a free slot still holds, the adapter that KV was computed under, and the
+    logits after the prompt's last token when they were computed with it (else ``None``)."""
 
     adapter: str | None = None
     tokens: list[int] = field(default_factory=list)
+    logits: np.ndarray | None = None
 
     def common_prefix(self, sequence: Sequence) -> int:
         return common_prefix_length(self.tokens, sequence.prompt) if sequence.adapter == self.adapter else 0
+
+    def holds_whole(self, sequence: Sequence) -> bool:
+        """Whether this is exactly the sequence's prompt, logits included: nothing left to evaluate."""
+        return self.logits is not None and self.adapter == sequence.adapter and self.tokens == sequence.prompt
+
+    def hold(self, adapter: str | None, tokens: list[int], logits: np.ndarray | None = None) -> None:
+        self.adapter, self.tokens, self.logits = adapter, tokens, logits
+
+    def truncate(self, length: int) -> None:
+        if length < len(self.tokens):
+            del self.tokens[length:]
+            self.logits = None  # they were the last token's
 
 
 def reuse_point(common: int, prompt_length: int) -> int:
     """How many prompt tokens to take from the cache when ``common`` of them are there.
 
-    At least one token is evaluated (its logits give the first sample), and every chunk evaluated must
+    At least one token is evaluated (its logits give the first sample; ``_place`` skips even that when
+    the slot kept the logits after the whole prompt), and every chunk evaluated must
     be one a whole-prompt evaluation would also make 1 token long, or else hold two tokens or more:
     the first chunk runs up to the next multiple of ``N_BATCH``, so a start just before one is moved
     back a token."""
@@ -239,16 +260,21 @@ class Scheduler:
         stored = self._store.best(sequence.adapter, sequence.prompt, common) if self._store is not None else None
         if self._store is not None and stored is not None:
             self._keep(slot)  # the slot's own prompt, before the stored one replaces it
-            common, tokens = stored
+            common, tokens, logits = stored
             if self._store.restore(slot, sequence.adapter, tokens):
-                cache.adapter, cache.tokens = sequence.adapter, tokens
+                cache.hold(sequence.adapter, tokens, logits)
             else:
-                common, cache.adapter, cache.tokens = 0, None, []
-        start = reuse_point(common, len(sequence.prompt))
-        if start < len(cache.tokens):
-            self._keep(slot)
+                common = 0
+                cache.hold(None, [])
+        if cache.holds_whole(sequence):
+            start = len(sequence.prompt)  # nothing to evaluate: the first sample comes from the kept logits
+            sequence.kept_logits = cache.logits
+        else:
+            start = reuse_point(common, len(sequence.prompt))
+            if start < len(cache.tokens):
+                self._keep(slot)
+            cache.hold(sequence.adapter, sequence.prompt[:start])
         self._lib.llama_memory_seq_rm(self._memory, slot, start, -1)
-        cache.adapter, cache.tokens = sequence.adapter, sequence.prompt[:start]
         sequence.slot = slot
         sequence.n_past = start
         sequence.stream.cached_tokens = start
@@ -256,7 +282,7 @@ class Scheduler:
     def _keep(self, slot: int) -> None:
         cache = self._slot_cache[slot]
         if self._store is not None and cache.tokens:
-            self._store.save(slot, cache.adapter, cache.tokens)
+            self._store.save(slot, cache.adapter, cache.tokens, cache.logits)
 
     def _drop_cancelled(self) -> None:
         for sequence in [s for s in self._running if s.stream.cancelled]:
@@ -283,6 +309,9 @@ class Scheduler:
             for sequence in members:
                 if sequence.n_past < len(sequence.prompt):
                     self._prefill_chunk(sequence)
+                elif sequence.kept_logits is not None:
+                    logits, sequence.kept_logits = sequence.kept_logits, None
+                    self._sample(sequence, logits)
             self._decode([s for s in members if not s.done and s.next_token is not None])
 
     def _use_adapter(self, adapter: str | None) -> None:
@@ -308,9 +337,11 @@ class Scheduler:
         if not self._llama_decode([sequence]):
             return
         sequence.n_past += len(chunk)
-        self._slot_cache[sequence.slot].tokens.extend(chunk)
+        cache = self._slot_cache[sequence.slot]
+        cache.tokens.extend(chunk)
         if last:
             sequence.batch_index = len(chunk) - 1
+            cache.logits = batch_logits(self._lib, self._ctx, sequence.batch_index, self._model.n_vocab).copy()
             self._sample(sequence)
 
     def _decode(self, sequences: list[Sequence]) -> None:
@@ -345,14 +376,16 @@ class Scheduler:
             self._release(sequence, keep_prompt=False)
         return False
 
-    def _sample(self, sequence: Sequence) -> None:
-        """Sample the sequence's next token from its logits in the last decode and hand it on."""
+    def _sample(self, sequence: Sequence, kept: np.ndarray | None = None) -> None:
+        """Sample the sequence's next token from its logits in the last decode (or the ``kept`` logits
+        of its cached prompt) and hand it on."""
         stream, model = sequence.stream, self._model
         index = sequence.batch_index
-        token = sequence.sampler.sample(self._ctx, index)
+        token = sequence.sampler.sample(self._ctx, index) if kept is None else sequence.sampler.sample_logits(kept)
         eog = model.is_eog(token)
         if stream.wants_logprobs and not eog:
-            chosen, best = token_logprobs(self._lib, self._ctx, index, model.n_vocab, token, stream.top_n)
+            logits = batch_logits(self._lib, self._ctx, index, model.n_vocab) if kept is None else kept
+            chosen, best = token_logprobs(logits, token, stream.top_n)
             top = tuple(top_logprob(model.piece(t), lp) for t, lp in best)
             finished = stream.on_token(token, model.piece(token), eog, chosen, top)
         else:
@@ -373,7 +406,7 @@ class Scheduler:
         if sequence.slot >= 0:
             cache = self._slot_cache[sequence.slot]
             kept = reusable_length(len(cache.tokens)) if keep_prompt else 0
-            del cache.tokens[kept:]
+            cache.truncate(kept)
             self._lib.llama_memory_seq_rm(self._memory, sequence.slot, kept, -1)
             self._free_slots.append(sequence.slot)
             self._free_slots.sort()  # lowest first: running slots stay consecutive, so ubatches stay whole
@@ -392,7 +425,7 @@ class Scheduler:
             self._use_adapter(None)
         for cache in self._slot_cache:  # a new adapter of the same name must not find this one's KV
             if cache.adapter == name:
-                cache.adapter, cache.tokens = None, []
+                cache.hold(None, [])
         if self._store is not None:
             self._store.forget(name)
         self._adapters.release(name)

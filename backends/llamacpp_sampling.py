@@ -8,6 +8,7 @@ grammar, then greedy, or top-k → top-p → min-p → temperature → dist) so 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 from typing import Any
@@ -18,6 +19,7 @@ from backends.base import SamplingParams, TopLogprob
 from devserver.errors import InvalidRequest
 
 PENALTY_LAST_N = 64  # llama-cpp-python's last_n_tokens_size default
+TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])  # llama_token_data
 
 
 def grammar_text(params: SamplingParams) -> str | None:
@@ -85,21 +87,43 @@ class SamplerChain:
         """Sample from the logits of batch position ``index`` (this also feeds penalties and grammar)."""
         return int(self._lib.llama_sampler_sample(self._chain, ctx, index))
 
+    def sample_logits(self, logits: np.ndarray) -> int:
+        """Sample from logits kept from an earlier decode, exactly as ``sample`` does from the
+        context's (``llama_sampler_sample``: every token as a candidate, unsorted, apply, accept)."""
+        lib = self._lib
+        candidates = np.zeros(len(logits), dtype=TOKEN_DATA)
+        candidates["id"] = np.arange(len(logits), dtype=np.int32)
+        candidates["logit"] = logits
+        array = lib.llama_token_data_array(
+            data=candidates.ctypes.data_as(ctypes.POINTER(lib.llama_token_data)),
+            size=len(candidates),
+            selected=-1,
+            sorted=False,
+        )
+        lib.llama_sampler_apply(self._chain, ctypes.byref(array))
+        if not 0 <= array.selected < array.size:
+            raise RuntimeError("the sampler chain selected no token")
+        token = int(array.data[array.selected].id)
+        lib.llama_sampler_accept(self._chain, token)
+        return token
+
     def free(self) -> None:
         if self._chain is not None:
             self._lib.llama_sampler_free(self._chain)
             self._chain = None
 
 
-def token_logprobs(
-    lib: Any, ctx: Any, index: int, n_vocab: int, token: int, top_n: int
-) -> tuple[float, list[tuple[int, float]]]:
-    """Log-softmax of the raw logits at batch position ``index``: the token's and the ``top_n`` best.
+def batch_logits(lib: Any, ctx: Any, index: int, n_vocab: int) -> np.ndarray:
+    """The logits of batch position ``index`` in the last decode, as a view (valid until the next)."""
+    return np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, index), shape=(n_vocab,))
+
+
+def token_logprobs(logits: np.ndarray, token: int, top_n: int) -> tuple[float, list[tuple[int, float]]]:
+    """Log-softmax of raw logits: the token's and the ``top_n`` best.
 
     Raw means before penalties, bias and grammar, as OpenAI reports them. Only requests that ask
     for log-probabilities pay for this (one pass over the vocabulary in numpy).
     """
-    logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, index), shape=(n_vocab,))
     peak = float(logits.max())
     log_total = peak + math.log(float(np.exp(logits - peak).sum()))
     chosen = float(logits[token]) - log_total

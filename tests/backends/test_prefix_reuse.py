@@ -21,7 +21,7 @@ from backends.select import BackendChoice, EngineOptions
     [
         (0, 40, 0),  # nothing in common
         (25, 40, 25),  # a shared system prompt: the rest (15 tokens) is evaluated
-        (40, 40, 38),  # the same prompt again: never a lone last token (other kernels), so two are evaluated
+        (40, 40, 38),  # the same prompt without its logits: never a lone last token (other kernels), so two
         (39, 40, 38),
         (38, 40, 38),
         (N_BATCH - 1, 700, N_BATCH - 2),  # the first chunk would be [511, 512): one token, moved back
@@ -139,10 +139,11 @@ def test_reused_prefix_gives_the_whole_prompt_answer(single: Any, reference: Any
         while common < min(len(prompt), len(previous)) and prompt[common] == previous[common]:
             common += 1
         assert finish.prompt_tokens == len(prompt)
-        assert finish.cached_tokens == reuse_point(common, len(prompt))
+        whole = prompt == previous  # the slot kept this very prompt and the logits after it
+        assert finish.cached_tokens == (len(prompt) if whole else reuse_point(common, len(prompt)))
         assert tokens == reference_tokens(reference, single, messages, 12)
         previous = prompt
-    assert finish.cached_tokens == len(prompt) - 2  # the same prompt again: all but the last two tokens reused
+    assert finish.cached_tokens == len(prompt)  # the same prompt again: nothing evaluated
 
 
 def prompt_of(reference: Any, backend: Any, question: str) -> list[int]:
@@ -170,7 +171,7 @@ def test_prompts_kept_in_host_memory_come_back_bit_exact(
         backend.close()
     prompts = [prompt_of(reference, backend, q) for q in order]
     system = common_prefix_length(prompts[0], prompts[1])  # the template's system prompt and the user header
-    full = [len(p) - 2 for p in prompts]  # a whole prompt found again: all but its last two tokens
+    full = [len(p) for p in prompts]  # a whole prompt found again, with the logits after it: nothing evaluated
     expected = {
         "all": [0, system, system, full[3], full[4]],  # QUESTIONS[1] and [2] come back from host memory
         "the last saved only": [0, system, system, system, system],  # each save evicted the one before

@@ -123,11 +123,24 @@ def test_a_repeated_prompt_reuses_its_prefix_and_says_so(server: LiveServer, cli
 
     assert first.choices[0].message.content == again.choices[0].message.content == expected(reference, CAPITAL)
     prompt_tokens = again.usage.prompt_tokens
-    assert again.usage.prompt_tokens_details.cached_tokens == prompt_tokens - 2  # the last two are evaluated
+    assert again.usage.prompt_tokens_details.cached_tokens == prompt_tokens  # and the logits after it: none evaluated
     cached = first.usage.prompt_tokens_details.cached_tokens + again.usage.prompt_tokens_details.cached_tokens
     hits = value(after, "kitdev_prefix_cache_hits_total") - value(before, "kitdev_prefix_cache_hits_total")
     queries = value(after, "kitdev_prefix_cache_queries_total") - value(before, "kitdev_prefix_cache_queries_total")
     assert (hits, queries) == (cached, 2 * prompt_tokens)
+
+
+def test_a_whole_cached_prompt_samples_and_scores_as_when_it_was_evaluated(server: LiveServer, client: Any) -> None:
+    """The second request evaluates nothing (its first token comes from the logits kept with the
+    prompt), so equal seeded samples and log-probabilities show those logits are the evaluated ones."""
+    messages = [{"role": "user", "content": "Name three colours of the rainbow."}]
+    options = {"temperature": 0.9, "seed": 7, "max_tokens": MAX_TOKENS, "logprobs": True, "top_logprobs": 3}
+    first, again = (client.chat.completions.create(model=MODEL_ID, messages=messages, **options) for _ in range(2))
+    assert again.usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens
+    assert first.usage.prompt_tokens_details.cached_tokens < first.usage.prompt_tokens
+    assert again.choices[0].message.content == first.choices[0].message.content
+    assert again.choices[0].logprobs == first.choices[0].logprobs
+    assert len(first.choices[0].logprobs.content) == first.usage.completion_tokens
 
 
 def test_an_empty_completion_prompt_is_a_400_and_the_server_goes_on(server: LiveServer, client: Any) -> None:
