@@ -107,7 +107,8 @@ class RequestStream:
         started = self.started_at or end
         first = self.first_token_at or end
         timings = Timings(queue_s=started - self.submitted_at, prefill_s=first - started, decode_s=end - first)
-        self._hold(FinishEvent(reason, self.prompt_tokens, self.produced, timings, cached_tokens=self.cached_tokens))
+        prompt_tokens = self.prompt_tokens if self.started_at is not None else 0  # never given a slot: none read
+        self._hold(FinishEvent(reason, prompt_tokens, self.produced, timings, cached_tokens=self.cached_tokens))
 
     def fail(self, error: BaseException) -> None:
         if not self.finished:
