@@ -13,7 +13,6 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sse_starlette import EventSourceResponse
 
 from devserver.errors import ModelNotFound
 from devserver.server import lora
@@ -58,12 +57,12 @@ def _state(request: Request) -> ServerState:
 
 
 @api.post("/chat/completions", openapi_extra=_body("ChatCompletionRequest"), response_model=None, responses=_ERRORS)
-async def chat_completions(request: Request) -> JSONResponse | EventSourceResponse:
+async def chat_completions(request: Request) -> Response:
     return await ChatServing(_state(request)).create(await request.body(), request)
 
 
 @api.post("/completions", openapi_extra=_body("CompletionRequest"), response_model=None, responses=_ERRORS)
-async def completions(request: Request) -> JSONResponse | EventSourceResponse:
+async def completions(request: Request) -> Response:
     return await CompletionServing(_state(request)).create(await request.body(), request)
 
 

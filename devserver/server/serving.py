@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 
 import pydantic
 from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -43,6 +43,8 @@ from devserver.server.protocol import (
 from devserver.server.state import Loaded, ServerState
 from devserver.server.streaming import ChatFramer, Framer, stream_choices
 from devserver.server.worker import Job
+
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer: no one reads it
 
 RequestT = TypeVar("RequestT", bound=SamplingRequest)
 
@@ -96,7 +98,7 @@ class Serving(Generic[RequestT]):
     def respond(self, request: RequestT, plan: Plan) -> dict[str, Any]:
         raise NotImplementedError
 
-    async def create(self, body: bytes, http_request: Request) -> JSONResponse | EventSourceResponse:
+    async def create(self, body: bytes, http_request: Request) -> Response:
         tracker = RequestTracker(self._state.metrics)  # a refused request is counted by its HTTP status only
         request = parse(self.request_type, body)
         adapter = tracker.adapter = self._state.resolve_model(request.model)
@@ -118,6 +120,8 @@ class Serving(Generic[RequestT]):
             client_left = await self._complete(plan, jobs, tracker, http_request)
         finally:  # a failed choice cancels the others too, so only a departed client counts as abort
             tracker.end(cancelled=client_left, tool_calls=_tool_calls(plan))
+        if client_left:  # not a server error: the status is only counted, as the abort it is
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
         _raise_failure(plan)
         return JSONResponse(self.respond(request, plan))
 

@@ -136,6 +136,8 @@ def test_client_leaving_a_plain_request_cancels_it(serve: ServerFactory, fake: t
         httpx.post(server.url + URL, json=chat_body(), timeout=0.3)
     wait_for(lambda: backend.requests and backend.requests[0].cancel.is_set())
     wait_for(lambda: value(samples(server), "kitdev_request_success_total", finished_reason="abort") == 1)
+    wait_for(lambda: value(samples(server), "kitdev_requests_total", status="499") == 1)  # not a server error
+    assert value(samples(server), "kitdev_requests_total", status="500") == 0
 
 
 def test_a_queued_request_whose_client_left_is_dropped_before_it_starts(
