@@ -99,6 +99,7 @@ class FinishEvent:
 
 
 GenerationEvent = TokenEvent | FinishEvent
+EventItem = GenerationEvent | BaseException  # what a sink receives: an event, or why the request failed
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,7 @@ class EventSink(Protocol):
     def started(self) -> None:
         """The request left the backend's queue: its prompt is being evaluated."""
 
-    def deliver(self, items: list[GenerationEvent | BaseException]) -> None:
+    def deliver(self, items: list[EventItem]) -> None:
         """Events in order; the last item delivered is the ``FinishEvent`` or the exception that ended
         the request. The list is the sink's to keep."""
 

@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from backends.base import (
     BackendInfo,
@@ -145,8 +146,8 @@ class FakePushBackend(FakeBackend):
     """The script pushed to the server's sink from one engine thread, one request after another; a
     request cancelled while it waited is dropped unstarted (it never reaches ``requests``)."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._inbox: queue.SimpleQueue[tuple[GenerationRequest, EventSink] | None] = queue.SimpleQueue()
         threading.Thread(target=self._run, name="fake-engine", daemon=True).start()
 

@@ -35,7 +35,15 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from backends.base import AdapterInfo, BackendInfo, EventSink, FinishEvent, GenerationEvent, GenerationRequest
+from backends.base import (
+    AdapterInfo,
+    BackendInfo,
+    EventItem,
+    EventSink,
+    FinishEvent,
+    GenerationEvent,
+    GenerationRequest,
+)
 from backends.llamacpp_adapters import AdapterSet
 from backends.llamacpp_engine import ContextSettings, Scheduler, Sequence
 from backends.llamacpp_model import GgufModel, llama_cpp_module
@@ -238,13 +246,13 @@ class _QueueSink:
     """An ``EventSink`` for ``generate``: one queue put per scheduler step, whatever it produced."""
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[list[GenerationEvent | BaseException]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[EventItem]] = queue.SimpleQueue()
 
     def started(self) -> None:
         pass
 
-    def deliver(self, items: list[GenerationEvent | BaseException]) -> None:
+    def deliver(self, items: list[EventItem]) -> None:
         self._queue.put(items)
 
-    def get(self) -> list[GenerationEvent | BaseException]:
+    def get(self) -> list[EventItem]:
         return self._queue.get()

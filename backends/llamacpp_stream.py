@@ -16,10 +16,17 @@ import codecs
 import time
 from dataclasses import dataclass, field
 
-from backends.base import EventSink, FinishEvent, FinishReason, GenerationRequest, Timings, TokenEvent, TopLogprob
+from backends.base import (
+    EventItem,
+    EventSink,
+    FinishEvent,
+    FinishReason,
+    GenerationRequest,
+    Timings,
+    TokenEvent,
+    TopLogprob,
+)
 from backends.stopping import StopMatcher
-
-Item = TokenEvent | FinishEvent | BaseException
 
 
 @dataclass
@@ -41,7 +48,7 @@ class RequestStream:
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._matcher = StopMatcher(self.request.params.stop)
         self._pending: list[int] = []
-        self._held: list[Item] = []
+        self._held: list[EventItem] = []
         self._per_token = self.request.params.logprobs  # one event per token, so each has its logprob
 
     @property
@@ -90,7 +97,7 @@ class RequestStream:
             held, self._held = self._held, []
             self.sink.deliver(held)
 
-    def _hold(self, item: Item) -> None:
+    def _hold(self, item: EventItem) -> None:
         self._held.append(item)
 
     def finish(self, reason: FinishReason) -> None:

@@ -24,12 +24,10 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from backends.base import Backend, FinishEvent, GenerationEvent, GenerationRequest, PushBackend
+from backends.base import Backend, EventItem, FinishEvent, GenerationEvent, GenerationRequest, PushBackend
 from devserver.errors import BackendError, InvalidRequest, QueueFull, ServerNotReady
 
 log = logging.getLogger(__name__)
-
-_Item = GenerationEvent | BaseException
 
 
 class Mailbox:
@@ -42,9 +40,9 @@ class Mailbox:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._lock = threading.Lock()
-        self._pending: list[tuple[Job, list[_Item]]] = []
+        self._pending: list[tuple[Job, list[EventItem]]] = []
 
-    def post(self, job: Job, items: list[_Item]) -> None:
+    def post(self, job: Job, items: list[EventItem]) -> None:
         with self._lock:
             wake = not self._pending
             self._pending.append((job, items))
@@ -74,7 +72,7 @@ class Job:
     on_start: Callable[[float], None] | None = None  # called in a backend or worker thread with perf_counter()
     on_end: Callable[[Job], None] | None = None  # called on the loop once the last event is in
     running: bool = False
-    _items: asyncio.Queue[_Item] = field(default_factory=asyncio.Queue)
+    _items: asyncio.Queue[EventItem] = field(default_factory=asyncio.Queue)
 
     def cancel(self) -> None:
         self.request.cancel.set()
@@ -84,13 +82,13 @@ class Job:
         if self.on_start is not None:
             self.on_start(time.perf_counter())
 
-    def deliver(self, items: list[_Item]) -> None:
+    def deliver(self, items: list[EventItem]) -> None:
         self.mailbox.post(self, items)
 
-    def put(self, item: _Item) -> None:
+    def put(self, item: EventItem) -> None:
         self.deliver([item])
 
-    def receive(self, items: list[_Item]) -> None:
+    def receive(self, items: list[EventItem]) -> None:
         """On the loop: queue the items for ``events``."""
         for item in items:
             self._items.put_nowait(item)
@@ -119,17 +117,14 @@ class ModelWorker:
         self._jobs: set[Job] = set()  # submitted, last event not yet on the loop; changed on the loop only
         self._mailbox: Mailbox | None = None
         self._closed = False
-        if isinstance(backend, PushBackend):
-            self._push: PushBackend | None = backend
-            self._starter: ThreadPoolExecutor | None = ThreadPoolExecutor(1, thread_name_prefix="kitdev-submit")
-            self._queue: queue.SimpleQueue[Job | None] | None = None
-            self._threads: list[threading.Thread] = []
-        else:
-            self._push, self._starter = None, None
-            self._queue = queue.SimpleQueue()
-            self._threads = [
-                threading.Thread(target=self._run, name=f"kitdev-worker-{i}", daemon=True) for i in range(slots)
-            ]
+        self._push = backend if isinstance(backend, PushBackend) else None
+        # A push backend's requests are handed over from one thread; the others' run on ``slots`` threads.
+        self._starter = ThreadPoolExecutor(1, thread_name_prefix="kitdev-submit") if self._push is not None else None
+        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"kitdev-worker-{i}", daemon=True)
+            for i in range(0 if self._push is not None else slots)
+        ]
 
     @property
     def running(self) -> int:
@@ -164,7 +159,6 @@ class ModelWorker:
             if self._starter is not None:
                 self._starter.submit(self._hand_over, job)
             else:
-                assert self._queue is not None
                 self._queue.put(job)
         return jobs
 
@@ -185,7 +179,6 @@ class ModelWorker:
             job.put(exc)
 
     def _run(self) -> None:
-        assert self._queue is not None
         while True:
             job = self._queue.get()
             if job is None:
@@ -219,7 +212,6 @@ class ModelWorker:
         if self._starter is not None:
             self._starter.shutdown(wait=True, cancel_futures=False)
         for _ in self._threads:
-            assert self._queue is not None
             self._queue.put(None)
         deadline = time.monotonic() + timeout
         for thread in self._threads:

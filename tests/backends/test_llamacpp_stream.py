@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from backends.base import FinishEvent, GenerationEvent, GenerationRequest, SamplingParams, TokenEvent
+from backends.base import EventItem, FinishEvent, GenerationRequest, SamplingParams, TokenEvent
 from backends.llamacpp_stream import RequestStream
 
 
 class ListSink:
     def __init__(self) -> None:
         self.started_calls = 0
-        self.deliveries: list[list[GenerationEvent | BaseException]] = []
+        self.deliveries: list[list[EventItem]] = []
 
     def started(self) -> None:
         self.started_calls += 1
 
-    def deliver(self, items: list[GenerationEvent | BaseException]) -> None:
+    def deliver(self, items: list[EventItem]) -> None:
         self.deliveries.append(items)
 
 
